@@ -1,0 +1,268 @@
+"""The migration-coordinator: hands shards to data-migrators, drains live changes, builds the index.
+
+A plain class whose async ``run`` drives the migration; :mod:`swarm.swarm` wraps it with ``ray.remote`` as the
+named, detached ``coordinator`` actor (async, so ``status``-type calls interleave with the run). Workers are
+reached through a ``call(name, method, *args) -> awaitable`` function: Ray actor handles in the swarm, plain
+objects on threads in tests of the logic.
+
+The database is the source of truth. A coordinator restarted by Ray (or an ``orchestrate`` run again) puts the
+shards left ``running`` back to ``pending``; their old owners are fenced by the shard's attempt number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from swarm import migration as mig
+from swarm.config import Config
+from swarm.db import Database, ensure_vector
+from swarm.log import configure, get_logger
+
+log = get_logger()
+
+Call = Callable[..., Awaitable[Any]]
+
+
+def _is_worker_death(e: BaseException) -> bool:
+    try:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        return isinstance(e, (RayActorError, ActorDiedError, ActorUnavailableError))
+    except ImportError:  # pragma: no cover
+        return False
+
+
+class Coordinator:
+    """Runs migrations for the swarm it belongs to."""
+
+    kind = "migration-coordinator"
+
+    def __init__(self, payload: dict[str, Any], call: Call | None = None) -> None:
+        configure(json=True, actor="coordinator")
+        self.cfg = Config.from_payload(payload)
+        self.dsn: str = payload["dsn"]
+        self.db = Database(self.dsn, application_name="swarm:coordinator")
+        self._call = call or _ray_call
+        self._task: asyncio.Task[dict[str, Any]] | None = None
+        self._mid: int | None = None
+        self._workers: dict[str, str] = {}
+        self.events: list[dict[str, Any]] = []
+
+    # -- registry ------------------------------------------------------------------------------------------
+    def register(self, name: str, kind: str) -> list[str]:
+        self._workers[name] = kind
+        return sorted(self._workers)
+
+    def unregister(self, name: str) -> None:
+        self._workers.pop(name, None)
+
+    def workers(self, kind: str = "data-migrator") -> list[str]:
+        return sorted((n for n, k in self._workers.items() if k == kind), key=_index)
+
+    def ping(self) -> str:
+        return "coordinator"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self, mid: int) -> bool:
+        """Start (or resume) migration ``mid`` in the background. False if it is already running."""
+        if self._task is not None and not self._task.done():
+            return False
+        self._mid = mid
+        self._task = asyncio.get_running_loop().create_task(self.run(mid))
+        return True
+
+    def running(self) -> int | None:
+        return self._mid if self._task is not None and not self._task.done() else None
+
+    async def wait(self) -> dict[str, Any] | None:
+        if self._task is None:
+            return None
+        return await asyncio.shield(self._task)
+
+    async def stop(self) -> bool:
+        """Pause: stop handing out shards and fence the running ones; a later start resumes."""
+        if self._task is None or self._task.done():
+            return False
+        self._task.cancel()
+        try:
+            await self._task
+        except (asyncio.CancelledError, Exception):
+            pass
+        mid = self._mid
+        if mid is not None:
+            await asyncio.to_thread(self.db.run, lambda c: mig.requeue_running(c, mid), what="pause")
+        return True
+
+    # -- the run -------------------------------------------------------------------------------------------
+    async def _db(self, fn: Callable[[psycopg.Connection], Any], what: str = "query") -> Any:
+        return await asyncio.to_thread(self.db.run, fn, what=what)
+
+    async def run(self, mid: int) -> dict[str, Any]:
+        """Backfill every shard, drain live changes until none is left, build the index, finish."""
+        m: mig.Migration = await self._db(lambda c: mig.load(c, mid), "load")
+        if m.state in mig.TERMINAL:
+            return {"state": m.state}
+        log.info("migration.run", migration=mid, state=m.state)
+        try:
+            await self._db(lambda c: mig.set_state(c, mid, "running", phase="backfill"), "state")
+            await self._db(lambda c: mig.requeue_running(c, mid), "requeue")
+            failed = await self._backfill(m)
+            if failed:
+                return await self._fail(m, failed)
+            await self._db(lambda c: mig.set_state(c, mid, "running", phase="changes"), "state")
+            await self._drain(m)
+            if m.rehearsal:
+                return await self._finish_rehearsal(m)
+            await self._db(lambda c: mig.set_state(c, mid, "running", phase="index"), "state")
+            server = await self._db(ensure_vector, "server")
+            await asyncio.to_thread(mig.build_index, self.db, m, self.cfg.swarm.index, server)
+            # Rows changed while the index was built.
+            await self._drain(m)
+            after_build = await self.after_backfill(m)
+            if after_build is not None:
+                return after_build
+            return await self._complete(m)
+        except asyncio.CancelledError:
+            log.warning("migration.paused", migration=mid)
+            raise
+        except Exception as e:
+            log.exception("migration.error", migration=mid)
+            await self._db(lambda c: mig.set_state(c, mid, "failed", phase="error", reason=f"{type(e).__name__}: {e}"))
+            return {"state": "failed", "reason": str(e)}
+
+    async def after_backfill(self, m: mig.Migration) -> dict[str, Any] | None:
+        """Hook for validation and rollout (see agents.validator); None means go on and complete."""
+        return None
+
+    async def _backfill(self, m: mig.Migration) -> str | None:
+        mid = m.id
+        max_attempts = self.cfg.swarm.max_attempts
+        idle = list(self.workers())
+        if not idle:
+            raise RuntimeError("no data-migrators registered; run `python -m swarm spawn --type data-migrator`")
+        inflight: dict[asyncio.Future[Any], tuple[str, int, int]] = {}
+        while True:
+            while idle:
+                worker = idle[0]
+                claim = await self._db(lambda c, w=worker: mig.claim_shard(c, mid, w), "claim")
+                if claim is None:
+                    break
+                idle.pop(0)
+                shard_id, attempt = claim
+                fut = asyncio.ensure_future(self._call(worker, "run_shard", mid, shard_id, attempt))
+                inflight[fut] = (worker, shard_id, attempt)
+                log.info("shard.assigned", migration=mid, shard=shard_id, worker=worker, attempt=attempt)
+            if not inflight:
+                break
+            done, _ = await asyncio.wait(list(inflight), return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                worker, shard_id, attempt = inflight.pop(fut)
+                err = fut.exception()
+                if err is None:
+                    idle.append(worker)
+                    continue
+                died = _is_worker_death(err)
+                reason = "worker died" if died else f"{type(err).__name__}: {str(err).splitlines()[-1][:500]}"
+                state = await self._db(
+                    lambda c, s=shard_id, a=attempt, r=reason: mig.release_shard(
+                        c, mid, s, a, error=r, max_attempts=max_attempts
+                    ),
+                    "release",
+                )
+                log.warning("shard.failed", migration=mid, shard=shard_id, worker=worker, attempt=attempt,
+                            reason=reason, now=state)
+                self.events.append({"t": time.time(), "shard": shard_id, "worker": worker, "reason": reason})
+                if died:
+                    # Ray restarts the actor (max_restarts=-1); give it a moment before handing it work again.
+                    await asyncio.sleep(1.0)
+                idle.append(worker)
+                if state == "failed":
+                    for f in inflight:
+                        f.cancel()
+                    return f"shard {shard_id} failed after {attempt} attempts: {reason}"
+        states = await self._db(
+            lambda c: c.execute(
+                "SELECT state, count(*) FROM swarm.shards WHERE migration_id = %s GROUP BY state", [mid]
+            ).fetchall(),
+            "states",
+        )
+        left = {s: n for s, n in states if s != "done"}
+        return f"shards not done: {left}" if left else None
+
+    async def _drain(self, m: mig.Migration) -> None:
+        """Embed queued changes until the queue is empty and no row lacks a vector (or a dead letter)."""
+        mid = m.id
+        workers = self.workers()
+        for _round in range(1000):
+            while True:
+                results = await asyncio.gather(
+                    *(self._call(w, "drain_changes", mid) for w in workers), return_exceptions=True
+                )
+                errors = [r for r in results if isinstance(r, BaseException)]
+                done = sum(r for r in results if isinstance(r, int))
+                if errors and not done:
+                    if all(_is_worker_death(e) for e in errors):
+                        await asyncio.sleep(1.0)
+                        continue
+                    raise errors[0]
+                if not done:
+                    break
+            missing = await self._db(
+                lambda c: c.execute(m.target.missing_ids(), [mid, 10_000]).fetchall(), "missing"
+            )
+            if not missing:
+                return
+            # Rows with no vector and no queue entry (inserted with the trigger missing, or skipped): queue them.
+            await self._db(
+                lambda c: c.cursor().executemany(
+                    "INSERT INTO swarm.changes (migration_id, row_id) VALUES (%s, %s)", [(mid, r[0]) for r in missing]
+                ),
+                "enqueue_missing",
+            )
+        raise RuntimeError("changes did not settle after 1000 rounds")
+
+    async def _complete(self, m: mig.Migration) -> dict[str, Any]:
+        def go(conn: psycopg.Connection) -> dict[str, Any]:
+            with conn.transaction():
+                total, done, failed = mig.finish_counts(conn, m)
+                conn.execute(
+                    "UPDATE swarm.migrations SET rows_total = %s, rows_done = %s, rows_failed = %s WHERE id = %s",
+                    [total, done, failed, m.id],
+                )
+                mig.set_state(conn, m.id, "completed", phase="done")
+                return {"state": "completed", "rows_total": total, "rows_done": done, "rows_failed": failed}
+
+        result = await self._db(go, "complete")
+        log.info("migration.completed", migration=m.id, **{k: v for k, v in result.items() if k != "state"})
+        return result
+
+    async def _finish_rehearsal(self, m: mig.Migration) -> dict[str, Any]:
+        result = await self._complete(m)
+        # The scratch column and its trigger go: a rehearsal leaves the table as it found it.
+        await asyncio.to_thread(
+            mig.run_ddl, self.db, [*m.target.drop_sync(m.id), m.target.drop_column()],
+            lock_timeout_ms=self.cfg.swarm.lock_timeout_ms, retries=self.cfg.swarm.ddl_retries,
+        )
+        return result
+
+    async def _fail(self, m: mig.Migration, reason: str) -> dict[str, Any]:
+        log.error("migration.failing", migration=m.id, reason=reason)
+        result = await asyncio.to_thread(mig.rollback, self.db, m, self.cfg, reason=reason)
+        return {"state": "rolled_back", "reason": reason, **result}
+
+
+def _index(name: str) -> int:
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+async def _ray_call(name: str, method: str, *args: Any) -> Any:
+    import ray
+
+    handle = ray.get_actor(name, namespace="swarm")
+    return await getattr(handle, method).remote(*args)

@@ -1,0 +1,430 @@
+"""The data-migrator: embeds a shard's rows with its own GGUF model and writes them back.
+
+A plain class; :mod:`swarm.swarm` wraps it with ``ray.remote`` as a named, detached actor. Reading the next
+batch and writing the last one run on a second thread while llama.cpp computes (ctypes releases the GIL), so
+the model is busy nearly all the time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from swarm import migration as mig
+from swarm.config import Config
+from swarm.db import Database
+from swarm.log import configure, get_logger
+from swarm.metrics import Metrics
+from swarm.vectors import content_md5, write_vectors
+
+log = get_logger()
+
+
+class Fenced(Exception):
+    """The shard was handed to another migrator (this one was presumed dead): stop, write nothing more."""
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (VmRSS)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class StandInEmbedder:
+    """Rehearsal's model: deterministic unit vectors from the text's hash, at almost no cost.
+
+    Used by ``orchestrate --rehearse`` to measure the swarm and the database without paying for the model.
+    """
+
+    model_id = "rehearsal-stand-in"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.sha256 = "rehearsal"
+
+    def embed_many(self, texts: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        errors: list[str | None] = []
+        for i, t in enumerate(texts):
+            if t is None or not t.strip():
+                errors.append("NULL content" if t is None else "empty or whitespace-only content")
+                continue
+            seed = int.from_bytes(hashlib.blake2b(t.encode("utf-8", "replace"), digest_size=8).digest(), "little")
+            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            out[i] = v / np.linalg.norm(v)
+            errors.append(None)
+        return out, errors
+
+
+@dataclass
+class _Batch:
+    ids: list[str]
+    texts: list[str | None]
+    last_key: str
+
+
+@dataclass
+class WorkerStats:
+    rows: int = 0
+    failed: int = 0
+    batches: int = 0
+    tokens: int = 0
+    embed_seconds: float = 0.0
+    shards: int = 0
+    fenced: int = 0
+    skipped_stale: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class DataMigrator:
+    """Embeds shards. One model per migrator, loaded once in ``__init__``."""
+
+    kind = "data-migrator"
+
+    def __init__(self, name: str, payload: dict[str, Any], *, rehearse: bool = False, n_threads: int | None = None) -> None:
+        configure(json=True, actor=name)
+        self.name = name
+        self.cfg = Config.from_payload(payload)
+        self.dsn: str = payload["dsn"]
+        self.rehearse = rehearse
+        self.db = Database(self.dsn, application_name=f"swarm:{name}")
+        self.writer_db = Database(self.dsn, application_name=f"swarm:{name}:w")
+        self.metrics = Metrics(name)
+        self.stats = WorkerStats()
+        rss_before = rss_mb()
+        self._lock = threading.Lock()  # one llama.cpp context: one batch at a time
+        self._stand_in = StandInEmbedder(self.cfg.new_dimension)
+        if rehearse:
+            self.embedder: Any = self._stand_in
+        else:
+            from model.embedder import LlamaEmbedder
+
+            e = self.cfg.embedding
+            self.embedder = LlamaEmbedder(
+                str(self.cfg.path(e.model_path)),
+                document_prefix=e.document_prefix,
+                query_prefix=e.query_prefix,
+                cache_size=e.cache_size,
+                batch_size=e.batch_size,
+                n_threads=n_threads or e.n_threads,
+                truncate_dim=e.truncate_dim,
+                flash_attn=e.flash_attn,
+                expected_dim=e.dimension,
+            )
+        self.model_mb = max(0.0, rss_mb() - rss_before)
+        self._migrations: dict[int, mig.Migration] = {}
+        self._register()
+        log.info("migrator.ready", model=getattr(self.embedder, "model_id", "?"), rss_mb=round(rss_mb(), 1),
+                 model_mb=round(self.model_mb, 1))
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+    def _register(self, state: str = "idle") -> None:
+        import socket
+
+        def go(conn: psycopg.Connection) -> None:
+            conn.execute(
+                "INSERT INTO swarm.agents (name, kind, node, pid, model_id, rss_mb, model_mb, state) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, "
+                "pid = EXCLUDED.pid, model_id = EXCLUDED.model_id, rss_mb = EXCLUDED.rss_mb, "
+                "model_mb = EXCLUDED.model_mb, state = EXCLUDED.state, seen_at = now()",
+                [self.name, self.kind, socket.gethostname(), os.getpid(),
+                 getattr(self.embedder, "model_id", "?"), rss_mb(), self.model_mb, state],
+            )
+
+        self.db.run(go, what="register")
+
+    def info(self) -> dict[str, Any]:
+        """Who this migrator is and what it costs (pid, node, memory, throughput so far)."""
+        import socket
+
+        s = self.stats
+        est = getattr(self.embedder, "stats", None)
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "node": socket.gethostname(),
+            "model": getattr(self.embedder, "model_id", "?"),
+            "dim": getattr(self.embedder, "dim", None),
+            "rss_mb": round(rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "model_mb": round(self.model_mb, 1),
+            "rows": s.rows,
+            "failed": s.failed,
+            "batches": s.batches,
+            "shards": s.shards,
+            "fenced": s.fenced,
+            "tokens": getattr(est, "tokens", s.tokens),
+            "embed_seconds": round(getattr(est, "seconds", s.embed_seconds), 3),
+            "cache_hits": getattr(est, "cache_hits", 0),
+            "cache_misses": getattr(est, "cache_misses", 0),
+            "truncated": getattr(est, "truncated", 0),
+        }
+
+    def ping(self) -> str:
+        return self.name
+
+    def _embed(self, m: mig.Migration, texts: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+        embedder = self._stand_in if m.rehearsal else self.embedder
+        if embedder is self._stand_in and not m.rehearsal:
+            raise RuntimeError(f"{self.name} was spawned for rehearsals only and has no model")
+        with self._lock:
+            return embedder.embed_many(texts)
+
+    def _migration(self, mid: int) -> mig.Migration:
+        if mid not in self._migrations:
+            self._migrations[mid] = self.db.run(lambda c: mig.load(c, mid), what="load")
+            m = self._migrations[mid]
+            if not m.rehearsal and m.dimension != self.embedder.dim:
+                from swarm.errors import DimensionMismatch
+
+                raise DimensionMismatch(self.cfg.embedding.model_path, m.dimension, self.embedder.dim,
+                                        where="the migration's column")
+        return self._migrations[mid]
+
+    # -- the work ------------------------------------------------------------------------------------------
+    def run_shard(self, mid: int, shard_id: int, attempt: int) -> dict[str, Any]:
+        """Migrate one shard from its checkpoint to its end. Idempotent; fenced by ``attempt``."""
+        m = self._migration(mid)
+        shard = self.db.run(
+            lambda c: c.execute(
+                "SELECT lo, hi, last_key FROM swarm.shards WHERE migration_id = %s AND shard_id = %s",
+                [mid, shard_id],
+            ).fetchone(),
+            what="shard",
+        )
+        lo, hi, last_key = shard
+        batch_size = self.cfg.embedding.batch_size
+        started = time.monotonic()
+        rows = failed = 0
+        self._register("running")
+        reader: queue.Queue[_Batch | None | BaseException] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def read_ahead() -> None:
+            after = last_key if last_key is not None else lo
+            try:
+                while not stop.is_set():
+                    q, params = m.target.read_batch(after, hi, batch_size)
+                    got = self.db.run(lambda c: c.execute(q, params).fetchall(), what="read_batch")
+                    if not got:
+                        reader.put(None)
+                        return
+                    b = _Batch([r[0] for r in got], [r[1] for r in got], got[-1][0])
+                    after = b.last_key
+                    reader.put(b)
+            except BaseException as e:  # surfaced in the main thread
+                reader.put(e)
+
+        t = threading.Thread(target=read_ahead, name=f"{self.name}-reader", daemon=True)
+        t.start()
+        pending: Future[tuple[int, int]] | None = None
+        limiter = _RateLimiter(self.cfg.swarm.max_rows_per_second / max(1, self.cfg.swarm.migrators))
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-writer") as writer:
+                while True:
+                    item = reader.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is None:
+                        break
+                    t0 = time.monotonic()
+                    vectors, errors = self._embed(m, item.texts)
+                    embed_s = time.monotonic() - t0
+                    if pending is not None:
+                        r, f = pending.result()  # keeps writes in order; raises Fenced
+                        rows, failed = rows + r, failed + f
+                    pending = writer.submit(self._write, m, shard_id, attempt, item, vectors, errors, embed_s)
+                    limiter.wait(len(item.ids))
+                if pending is not None:
+                    r, f = pending.result()
+                    rows, failed = rows + r, failed + f
+            self._finish_shard(mid, shard_id, attempt)
+        except Fenced:
+            self.stats.fenced += 1
+            log.warning("shard.fenced", migration=mid, shard=shard_id, attempt=attempt)
+            return {"shard": shard_id, "fenced": True, "rows": rows, "failed": failed}
+        finally:
+            stop.set()
+            while t.is_alive():
+                try:
+                    reader.get_nowait()
+                except queue.Empty:
+                    t.join(timeout=0.05)
+            self._register("idle")
+        self.stats.shards += 1
+        self.metrics.inc("shards_done", 1, mid)
+        seconds = time.monotonic() - started
+        log.info("shard.done", migration=mid, shard=shard_id, rows=rows, failed=failed, seconds=round(seconds, 2))
+        return {"shard": shard_id, "fenced": False, "rows": rows, "failed": failed, "seconds": seconds}
+
+    def _write(
+        self,
+        m: mig.Migration,
+        shard_id: int,
+        attempt: int,
+        b: _Batch,
+        vectors: np.ndarray,
+        errors: list[str | None],
+        embed_s: float,
+    ) -> tuple[int, int]:
+        """One transaction: the vectors, the dead letters, the checkpoint (fenced), the batch record."""
+
+        def go(conn: psycopg.Connection) -> tuple[int, int]:
+            with conn.transaction():
+                return self._apply(conn, m, b, vectors, errors, embed_s, shard_id, attempt)
+
+        return self.writer_db.run(go, what="write_batch")
+
+    def _apply(
+        self,
+        conn: psycopg.Connection,
+        m: mig.Migration,
+        b: _Batch,
+        vectors: np.ndarray,
+        errors: list[str | None],
+        embed_s: float,
+        shard_id: int | None = None,
+        attempt: int | None = None,
+    ) -> tuple[int, int]:
+        """Write a batch inside the caller's transaction; advance the shard checkpoint when given one."""
+        t0 = time.monotonic()
+        ok = [i for i, e in enumerate(errors) if e is None]
+        bad = [i for i, e in enumerate(errors) if e is not None]
+        ids = [b.ids[i] for i in ok]
+        md5s = [content_md5(b.texts[i]) for i in ok]  # type: ignore[arg-type]
+        written = write_vectors(
+            conn, m.target, ids, md5s, vectors[ok] if ok else vectors[:0], column_type=m.column_type, dim=m.dimension
+        )
+        if ids:
+            conn.execute("DELETE FROM swarm.dead_letters WHERE migration_id = %s AND row_id = ANY(%s)", [m.id, ids])
+        if bad:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO swarm.dead_letters (migration_id, row_id, reason, content_md5) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (migration_id, row_id) DO UPDATE "
+                    "SET reason = EXCLUDED.reason, content_md5 = EXCLUDED.content_md5, at = now()",
+                    [
+                        (m.id, b.ids[i], errors[i], content_md5(b.texts[i]) if b.texts[i] is not None else None)
+                        for i in bad
+                    ],
+                )
+        if shard_id is not None:
+            cur2 = conn.execute(
+                "UPDATE swarm.shards SET last_key = %s, rows_done = rows_done + %s, "
+                "rows_failed = rows_failed + %s, updated_at = now() "
+                "WHERE migration_id = %s AND shard_id = %s AND attempt = %s AND state = 'running'",
+                [b.last_key, len(ok), len(bad), m.id, shard_id, attempt],
+            )
+            if cur2.rowcount != 1:
+                raise Fenced()
+        conn.execute(
+            "INSERT INTO swarm.batches (migration_id, shard_id, worker, rows, embed_seconds, seconds) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [m.id, shard_id, self.name, len(b.ids), embed_s, embed_s + (time.monotonic() - t0)],
+        )
+        self.stats.rows += len(ok)
+        self.stats.failed += len(bad)
+        self.stats.batches += 1
+        self.stats.skipped_stale += len(ok) - written
+        self.metrics.inc("rows_migrated", written, m.id)
+        self.metrics.inc("rows_failed", len(bad), m.id)
+        self.metrics.inc("batches", 1, m.id)
+        est = getattr(self.embedder, "stats", None)
+        if est is not None and getattr(est, "seconds", 0):
+            self.metrics.set("tokens_per_second", est.tokens / max(est.seconds, 1e-9), m.id)
+            self.metrics.inc("cache_hits", est.cache_hits - self._last_hits, m.id)
+            self.metrics.inc("cache_misses", est.cache_misses - self._last_misses, m.id)
+            self._last_hits, self._last_misses = est.cache_hits, est.cache_misses
+        log.debug("batch.committed", migration=m.id, shard=shard_id, rows=len(ok), failed=len(bad), written=written)
+        return len(ok), len(bad)
+
+    _last_hits = 0
+    _last_misses = 0
+
+    def _finish_shard(self, mid: int, shard_id: int, attempt: int) -> None:
+        def go(conn: psycopg.Connection) -> None:
+            r = conn.execute(
+                "UPDATE swarm.shards SET state = 'done', finished_at = now(), updated_at = now() "
+                "WHERE migration_id = %s AND shard_id = %s AND attempt = %s AND state = 'running'",
+                [mid, shard_id, attempt],
+            )
+            if r.rowcount != 1:
+                raise Fenced()
+
+        self.writer_db.run(go, what="finish_shard")
+
+    def drain_changes(self, mid: int, limit: int | None = None) -> int:
+        """Embed rows the application inserted or changed (queued by the sync trigger). Returns entries done.
+
+        Entries are claimed with ``FOR UPDATE SKIP LOCKED`` so several migrators drain in parallel, and deleted
+        in the transaction that writes their vectors.
+        """
+        m = self._migration(mid)
+        limit = limit or self.cfg.embedding.batch_size
+
+        def go(conn: psycopg.Connection) -> int:
+            with conn.transaction():
+                claimed = conn.execute(
+                    "SELECT seq, row_id FROM swarm.changes WHERE migration_id = %s ORDER BY seq "
+                    "LIMIT %s FOR UPDATE SKIP LOCKED",
+                    [mid, limit],
+                ).fetchall()
+                if not claimed:
+                    return 0
+                row_ids = sorted({r[1] for r in claimed})
+                rows = conn.execute(
+                    m.target.read_rows_needing(), [row_ids]
+                ).fetchall()
+                if rows:
+                    b = _Batch([r[0] for r in rows], [r[1] for r in rows], rows[-1][0])
+                    t0 = time.monotonic()
+                    vectors, errors = self._embed(m, b.texts)
+                    embed_s = time.monotonic() - t0
+                    self._apply(conn, m, b, vectors, errors, embed_s)
+                conn.execute("DELETE FROM swarm.changes WHERE seq = ANY(%s)", [[r[0] for r in claimed]])
+                return len(claimed)
+
+        return self.writer_db.run(go, what="drain_changes")
+
+
+class _RateLimiter:
+    """Keeps this migrator under its share of ``swarm.max_rows_per_second`` (0: no limit)."""
+
+    def __init__(self, rows_per_second: float) -> None:
+        self.rate = rows_per_second
+        self.start = time.monotonic()
+        self.rows = 0
+
+    def wait(self, rows: int) -> None:
+        if self.rate <= 0:
+            return
+        self.rows += rows
+        ahead = self.rows / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)

@@ -1,0 +1,115 @@
+"""Ray's side of the agents: the plain classes in ``agents/`` wrapped as named, detached actors.
+
+* ``coordinator``: async actor (its ``run`` awaits migrators while status calls interleave), restarted by Ray if
+  its process dies (``max_restarts=-1``); it reads its state back from the database.
+* ``data-migrator-N``: threaded actor so ``info``/``ping`` answer while a shard runs (the model itself is
+  guarded by a lock), restarted by Ray after a crash, spread over the cluster's nodes.
+* ``validator-N``: compares legacy and new search results.
+
+All actors ask for 0 CPUs from Ray's scheduler: the migrators' llama.cpp threads are sized by swarm itself
+(``threads_per_migrator``), and a 2-core machine must still host a coordinator, migrators and validators.
+The configuration reaches them through ``ray.put`` so the DSN never shows among actor arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from swarm.runtime import COORDINATOR, NAMESPACE, get_actor, list_agents
+
+_OBJ: dict[str, Any] = {}
+
+
+def _payload_ref(payload: dict[str, Any]) -> Any:
+    import ray
+
+    return ray.put(payload)
+
+
+def coordinator(payload: dict[str, Any]) -> Any:
+    """Get or create the detached coordinator."""
+    import ray
+
+    from agents.coordinator import Coordinator
+
+    existing = get_actor(COORDINATOR)
+    if existing is not None:
+        return existing
+    cls = ray.remote(Coordinator)
+    return cls.options(
+        name=COORDINATOR, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_task_retries=0,
+        num_cpus=0, max_concurrency=1000, get_if_exists=True,
+    ).remote(_payload_ref(payload))
+
+
+def threads_per_migrator(cfg_threads: int | None, migrators: int) -> int:
+    return cfg_threads or max(1, (os.cpu_count() or 1) // max(1, migrators))
+
+
+def spawn_migrators(payload: dict[str, Any], count: int, *, rehearse: bool = False, threads: int | None = None) -> list[str]:
+    """Start ``count`` more data-migrators; each loads its own model. Returns the new names (ready)."""
+    import ray
+
+    from agents.migrator import DataMigrator
+
+    existing = list_agents("data-migrator-")
+    start = 1 + max((int(n.rsplit("-", 1)[1]) for n in existing), default=-1)
+    names = [f"data-migrator-{i}" for i in range(start, start + count)]
+    cls = ray.remote(DataMigrator)
+    handles = [
+        cls.options(
+            name=n, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_task_retries=0,
+            num_cpus=0, max_concurrency=4, scheduling_strategy="SPREAD", get_if_exists=True,
+        ).remote(n, _payload_ref(payload), rehearse=rehearse, n_threads=threads)
+        for n in names
+    ]
+    ray.get([h.ping.remote() for h in handles])  # model loaded (errors surface here)
+    coord = get_actor(COORDINATOR)
+    if coord is not None:
+        ray.get([coord.register.remote(n, "data-migrator") for n in names])
+    return names
+
+
+def spawn_validators(payload: dict[str, Any], count: int) -> list[str]:
+    import ray
+
+    from agents.validator import Validator
+
+    existing = list_agents("validator-")
+    start = 1 + max((int(n.rsplit("-", 1)[1]) for n in existing), default=-1)
+    names = [f"validator-{i}" for i in range(start, start + count)]
+    cls = ray.remote(Validator)
+    handles = [
+        cls.options(
+            name=n, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, num_cpus=0, get_if_exists=True,
+        ).remote(n, _payload_ref(payload))
+        for n in names
+    ]
+    ray.get([h.ping.remote() for h in handles])
+    coord = get_actor(COORDINATOR)
+    if coord is not None:
+        ray.get([coord.register.remote(n, "validator") for n in names])
+    return names
+
+
+def reregister(coord: Any) -> None:
+    """After a coordinator restart its in-memory registry is empty: tell it who is alive."""
+    import ray
+
+    refs = [coord.register.remote(n, "data-migrator") for n in list_agents("data-migrator-")]
+    refs += [coord.register.remote(n, "validator") for n in list_agents("validator-")]
+    ray.get(refs)
+
+
+def kill_all() -> list[str]:
+    import ray
+
+    killed = []
+    for prefix in ("data-migrator-", "validator-", COORDINATOR):
+        for name in list_agents(prefix):
+            h = get_actor(name)
+            if h is not None:
+                ray.kill(h, no_restart=True)
+                killed.append(name)
+    return killed

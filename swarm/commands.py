@@ -1,0 +1,448 @@
+"""One plain function per command (Alembic's ``command.py``); the CLI only parses and dispatches.
+
+Scripted migrations call these directly::
+
+    from swarm import commands
+    from swarm.config import load_config
+    cfg = load_config("configs/demo.toml")
+    commands.orchestrate(cfg, "Migrate embeddings to Nomic")
+
+``ray`` and ``llama_cpp`` are imported inside the commands that need them, so ``--help`` and config errors are
+instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from swarm import migration as mig
+from swarm.config import Config, load_config
+from swarm.db import Database, embedded_server, resolve_dsn, stop_embedded
+from swarm.errors import EXIT_FAILED, EXIT_OK, EXIT_ROLLED_BACK, ConfigError, ModelError, SwarmError, UsageError
+from swarm.log import get_logger
+
+log = get_logger()
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# db
+# --------------------------------------------------------------------------------------------------------------
+def db_url(cfg: Config) -> str:
+    """The connection URL of the configured database (the embedded one is started if needed), password masked."""
+    from swarm.config import redact_dsn
+
+    return redact_dsn(resolve_dsn(cfg))
+
+
+def db_stop(cfg: Config) -> bool:
+    return stop_embedded(cfg.state_dir)
+
+
+def db_start(cfg: Config) -> str:
+    return str(embedded_server(cfg.state_dir).get_uri())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------------------------
+def model_prepare(to: str = "model") -> list[tuple[Path, str]]:
+    from model.provision import prepare
+
+    return prepare(to)
+
+
+def model_inspect(path: str) -> Any:
+    from model.gguf_info import read_info
+
+    return read_info(path)
+
+
+def model_embed(model: str, texts: list[str], *, query: bool = False, prefix: str | None = None,
+                cfg: Config | None = None) -> Any:
+    """Embed ``texts`` with the GGUF at ``model``; prefixes from the config when it names that model."""
+    from model.embedder import LlamaEmbedder
+
+    doc_prefix = query_prefix = ""
+    if cfg is not None:
+        for section in (cfg.embedding, cfg.legacy):
+            if Path(cfg.path(section.model_path)).resolve() == Path(model).resolve():
+                doc_prefix, query_prefix = section.document_prefix, section.query_prefix
+    if prefix is not None:
+        doc_prefix = query_prefix = prefix
+    emb = LlamaEmbedder(model, document_prefix=doc_prefix, query_prefix=query_prefix, cache_size=0)
+    return emb.embed(texts, query=query)
+
+
+def model_pull(url: str, sha256: str, to: str = "model") -> Path:
+    from model.provision import pull
+
+    return pull(url, sha256, to)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------------------------
+def demo_seed(cfg: Config, *, limit: int | None = None, queries: int = 600, force: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    from swarm.seed import seed
+
+    for p in (cfg.legacy.model_path,):
+        if not cfg.path(p).exists():
+            raise ModelError(str(cfg.path(p)), "no such file; run `python -m swarm model prepare` first")
+    return seed(cfg, limit=limit, n_queries=queries, force=force, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# preflight: everything that can be wrong is found before any change
+# --------------------------------------------------------------------------------------------------------------
+def preflight(cfg: Config, db: Database, *, rehearse: bool = False) -> tuple[Any, mig.TableInfo, Any]:
+    """Check the model file, the table and the legacy column; nothing is written. Returns (model info, table,
+    server)."""
+    info = None
+    if not rehearse:
+        from model.gguf_info import check_dimension, read_info
+
+        info = read_info(str(cfg.path(cfg.embedding.model_path)))
+        check_dimension(info, cfg.embedding.dimension)
+    server = mig.init_schema(db)
+    table = db.run(lambda c: mig.inspect_table(c, cfg), what="inspect")
+    if table.legacy_dim is None:
+        raise ConfigError("database.legacy_column", cfg.database.legacy_column,
+                          f"is {table.legacy_type}, not a vector column")
+    legacy_path = cfg.path(cfg.legacy.model_path)
+    if legacy_path.exists():
+        from model.gguf_info import read_info
+
+        legacy = read_info(str(legacy_path))
+        if legacy.n_embd != table.legacy_dim:
+            raise ConfigError(
+                "database.legacy_column", cfg.database.legacy_column,
+                f"holds vector({table.legacy_dim}) but the legacy model {legacy_path.name} gives {legacy.n_embd} "
+                "dims; point [legacy].model_path at the model that filled this column",
+            )
+    elif cfg.swarm.validators > 0 and not rehearse:
+        raise ModelError(str(legacy_path), "no such file ([legacy].model_path, needed by validators); "
+                                           "run `python -m swarm model prepare` or set swarm.validators = 0")
+    return info, table, server
+
+
+# --------------------------------------------------------------------------------------------------------------
+# init / spawn / shutdown
+# --------------------------------------------------------------------------------------------------------------
+def _payload(cfg: Config, dsn: str) -> dict[str, Any]:
+    return cfg.to_payload(dsn)
+
+
+def init(cfg: Config, *, topology: str = "hierarchical", address: str | None = None) -> dict[str, Any]:
+    """Connect to (or start) Ray, create the coordinator, create the bookkeeping tables. Idempotent."""
+    from swarm.config import TOPOLOGIES
+
+    if topology not in TOPOLOGIES:
+        raise ConfigError("--topology", topology, f"unknown topology; supported: {', '.join(TOPOLOGIES)}")
+    dsn = resolve_dsn(cfg)
+    db = Database(dsn)
+    server = mig.init_schema(db)
+    db.close()
+    from swarm import agents_ray, runtime
+
+    record = runtime.connect(cfg.state_dir, address or cfg.swarm.ray_address or None,
+                             dashboard_host=cfg.swarm.dashboard_host)
+    coord = agents_ray.coordinator(_payload(cfg, dsn))
+    import ray
+
+    ray.get(coord.ping.remote())
+    return {
+        "topology": topology,
+        "ray_address": record["address"],
+        "dashboard": record.get("dashboard"),
+        "metrics_port": record.get("metrics_port"),
+        "coordinator": "coordinator",
+        "pgvector": server.pgvector_version,
+    }
+
+
+def spawn(cfg: Config, kind: str, count: int = 1, *, rehearse: bool = False) -> list[str]:
+    """Add ``count`` named, detached agents of ``kind`` that register with the coordinator."""
+    if count < 1:
+        raise UsageError(f"--count {count}: must be >= 1")
+    from swarm import agents_ray, runtime
+
+    runtime.connect(cfg.state_dir, cfg.swarm.ray_address or None, start=False)
+    dsn = resolve_dsn(cfg)
+    payload = _payload(cfg, dsn)
+    if kind == "migration-coordinator":
+        import ray
+
+        ray.get(agents_ray.coordinator(payload).ping.remote())
+        return ["coordinator"]
+    if runtime.get_actor(runtime.COORDINATOR) is None:
+        raise SwarmError("no coordinator; run `python -m swarm init` first")
+    if kind == "data-migrator":
+        if not rehearse:
+            from model.gguf_info import check_dimension, read_info
+
+            check_dimension(read_info(str(cfg.path(cfg.embedding.model_path))), cfg.embedding.dimension)
+        total = len(runtime.list_agents("data-migrator-")) + count
+        threads = agents_ray.threads_per_migrator(cfg.swarm.threads_per_migrator, total)
+        return agents_ray.spawn_migrators(payload, count, rehearse=rehearse, threads=threads)
+    if kind == "validator":
+        return agents_ray.spawn_validators(payload, count)
+    raise UsageError(f"--type {kind}: use migration-coordinator, data-migrator or validator")
+
+
+def shutdown(cfg: Config) -> dict[str, Any]:
+    """Stop the swarm's actors, and the local Ray head if ``init`` started it."""
+    from swarm import agents_ray, runtime
+
+    try:
+        runtime.connect(cfg.state_dir, cfg.swarm.ray_address or None, start=False)
+    except SwarmError:
+        return {"killed": [], "head_stopped": False}
+    killed = agents_ray.kill_all()
+    import ray
+
+    ray.shutdown()
+    stopped = runtime.stop_head(cfg.state_dir)
+    return {"killed": killed, "head_stopped": stopped}
+
+
+def ensure_swarm(cfg: Config, dsn: str, *, rehearse: bool = False) -> Any:
+    """The coordinator handle, after creating whatever part of the swarm is missing (config defaults)."""
+    import ray
+
+    from swarm import agents_ray, runtime
+
+    runtime.connect(cfg.state_dir, cfg.swarm.ray_address or None, dashboard_host=cfg.swarm.dashboard_host)
+    payload = _payload(cfg, dsn)
+    coord = agents_ray.coordinator(payload)
+    ray.get(coord.ping.remote())
+    agents_ray.reregister(coord)
+    have = runtime.list_agents("data-migrator-")
+    if len(have) < cfg.swarm.migrators:
+        threads = agents_ray.threads_per_migrator(cfg.swarm.threads_per_migrator, cfg.swarm.migrators)
+        agents_ray.spawn_migrators(payload, cfg.swarm.migrators - len(have), rehearse=rehearse, threads=threads)
+    if not rehearse and len(runtime.list_agents("validator-")) < cfg.swarm.validators:
+        agents_ray.spawn_validators(payload, cfg.swarm.validators - len(runtime.list_agents("validator-")))
+    return coord
+
+
+# --------------------------------------------------------------------------------------------------------------
+# orchestrate / status / rollback
+# --------------------------------------------------------------------------------------------------------------
+EXIT_BY_STATE = {"completed": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "failed": EXIT_FAILED}
+
+
+def orchestrate(
+    cfg: Config,
+    name: str = "Migrate embeddings to Nomic",
+    *,
+    detach: bool = False,
+    rehearse: bool = False,
+    progress: bool = True,
+    poll: float = 0.5,
+) -> int:
+    """Run a migration to its end and return its exit code (0 completed, 3 rolled back, 1 failed).
+
+    Everything that can be wrong with the config, the model or the table is found before any change. A
+    migration of this table that did not finish is resumed, not planned again.
+    """
+    import ray
+
+    dsn = resolve_dsn(cfg)
+    db = Database(dsn, application_name="swarm:orchestrate")
+    info, table, server = preflight(cfg, db, rehearse=rehearse)
+    current = db.run(lambda c: mig.latest(c, cfg, rehearse=rehearse), what="latest")
+    coord = ensure_swarm(cfg, dsn, rehearse=rehearse)
+    if current is not None and current.state not in mig.TERMINAL:
+        m = current
+        log.info("migration.resume", migration=m.id, state=m.state)
+        if progress:
+            _out(f"resuming migration {m.id} ({m.name!r}, {m.state})")
+    else:
+        dim = cfg.new_dimension if rehearse else (cfg.embedding.truncate_dim or info.n_embd)
+        m = mig.plan(
+            db, cfg, name=name,
+            model_id="rehearsal-stand-in" if rehearse else cfg.embedding.model,
+            model_sha256="rehearsal" if rehearse else info.sha256,
+            dimension=dim, server=server, table=table, rehearse=rehearse,
+        )
+    ray.get(coord.start.remote(m.id))
+    if detach:
+        if progress:
+            _out(f"migration {m.id} started; follow it with `python -m swarm status --watch`")
+        return EXIT_OK
+    from swarm.progress import watch
+
+    try:
+        final = watch(db, m, coord=coord, live=progress and sys.stdout.isatty(), quiet=not progress, poll=poll)
+    except KeyboardInterrupt:
+        ray.get(coord.stop.remote())
+        _out(f"\nmigration {m.id} paused; run orchestrate again to resume it")
+        raise
+    if progress:
+        from swarm.progress import summary
+
+        _out(summary(final))
+    return EXIT_BY_STATE.get(final["state"], EXIT_FAILED)
+
+
+def status(cfg: Config) -> dict[str, Any]:
+    """The current migration of the configured table, read from the database."""
+    dsn = resolve_dsn(cfg)
+    db = Database(dsn)
+    m = db.run(lambda c: mig.latest(c, cfg), what="latest")
+    if m is None:
+        return {"migration": None, "state": "none", "rows_total": 0, "rows_done": 0, "rows_failed": 0,
+                "shards": [], "rollout_percent": 0.0}
+    st = db.run(lambda c: mig.status(c, m), what="status")
+    st["agents"] = db.run(
+        lambda c: [
+            dict(zip(("name", "kind", "node", "pid", "rss_mb", "model_mb", "state"), r, strict=True))
+            for r in c.execute(
+                "SELECT name, kind, node, pid, rss_mb, model_mb, state FROM swarm.agents ORDER BY name"
+            ).fetchall()
+        ],
+        what="agents",
+    )
+    st["dead_letters"] = db.run(lambda c: mig.dead_letters(c, m.id, 20), what="dead_letters")
+    db.close()
+    return st
+
+
+def rollback(cfg: Config, *, reason: str = "manual rollback", keep_data: bool = False) -> dict[str, Any]:
+    """Share to 0%, stop the migrators, drop the new column and its index (unless ``keep_data``)."""
+    dsn = resolve_dsn(cfg)
+    db = Database(dsn)
+    m = db.run(lambda c: mig.latest(c, cfg), what="latest")
+    if m is None:
+        raise UsageError(f"no migration of {cfg.database.table} to roll back")
+    if m.state == "rolled_back":
+        raise UsageError(f"migration {m.id} is already rolled back ({m.reason})")
+    try:
+        from swarm import runtime
+
+        runtime.connect(cfg.state_dir, cfg.swarm.ray_address or None, start=False)
+        coord = runtime.get_actor(runtime.COORDINATOR)
+        if coord is not None:
+            import ray
+
+            ray.get(coord.stop.remote(), timeout=30)
+    except SwarmError:
+        pass  # no swarm running: nothing to stop
+    return mig.rollback(db, m, cfg, reason=reason, keep_data=keep_data)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------------------------------------------
+def _texts_from_stdin(jsonl: bool) -> list[str]:
+    texts: list[str] = []
+    for n, line in enumerate(sys.stdin, 1):
+        line = line.rstrip("\n")
+        if jsonl:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                texts.append(obj["text"])
+            except (ValueError, KeyError, TypeError):
+                raise UsageError(f'stdin line {n}: expected {{"text": ...}}, got {line[:60]!r}') from None
+        else:
+            texts.append(line)
+    return texts
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the command the CLI parsed; returns the exit code."""
+    cmd = args.command
+    if cmd == "model":
+        sub = args.model_command
+        if sub == "prepare":
+            for path, what in model_prepare(args.to):
+                _out(f"{what}: {path}")
+            return EXIT_OK
+        if sub == "inspect":
+            info = model_inspect(args.path)
+            if args.json:
+                from dataclasses import asdict
+
+                _out(json.dumps(asdict(info), default=str, indent=2))
+            else:
+                from model.gguf_info import format_info
+
+                _out(format_info(info))
+            return EXIT_OK
+        if sub == "embed":
+            cfg = _maybe_config(args)
+            texts = _texts_from_stdin(args.jsonl)
+            if texts:
+                vecs = model_embed(args.model, texts, query=args.query, prefix=args.prefix, cfg=cfg)
+                for v in vecs:
+                    sys.stdout.write(json.dumps([round(float(x), 7) for x in v]) + "\n")
+            return EXIT_OK
+        if sub == "pull":
+            _out(f"pulled: {model_pull(args.url, args.sha256, args.to)}")
+            return EXIT_OK
+    cfg = load_config(getattr(args, "config", None))
+    if cmd == "db":
+        if args.db_command == "url":
+            _out(db_url(cfg))
+        elif args.db_command == "stop":
+            _out("stopped" if db_stop(cfg) else "not running")
+        else:
+            _out(db_start(cfg))
+        return EXIT_OK
+    if cmd == "demo":
+        r = demo_seed(cfg, limit=args.limit, queries=args.queries, force=args.force, progress=sys.stderr.isatty())
+        verb = "seeded" if r["created"] else "already seeded"
+        _out(f"{verb}: {r['table']} with {r['rows']} documents, {r['queries']} queries"
+             + (f" in {r['seconds']} s" if r.get("seconds") else ""))
+        return EXIT_OK
+    if cmd == "init":
+        r = init(cfg, topology=args.topology, address=args.address)
+        _out(f"swarm ready: ray {r['ray_address']}, dashboard {r.get('dashboard') or '-'}, coordinator up, "
+             f"pgvector {r['pgvector']}")
+        return EXIT_OK
+    if cmd == "spawn":
+        names = spawn(cfg, args.kind, args.count)
+        _out("spawned: " + ", ".join(names))
+        return EXIT_OK
+    if cmd == "orchestrate":
+        return orchestrate(cfg, args.name, detach=args.detach, rehearse=args.rehearse,
+                           progress=not args.no_progress)
+    if cmd == "status":
+        from swarm.progress import render_status
+
+        while True:
+            st = status(cfg)
+            _out(json.dumps(st, indent=2, default=str) if args.json else render_status(st))
+            if not args.watch or st["state"] in (*mig.TERMINAL, "none"):
+                return EXIT_OK
+            time.sleep(2)
+    if cmd == "shutdown":
+        r = shutdown(cfg)
+        _out(f"stopped {len(r['killed'])} actors" + (", and the Ray head" if r["head_stopped"] else ""))
+        return EXIT_OK
+    if cmd == "rollback":
+        r = rollback(cfg, reason=args.reason, keep_data=args.keep_data)
+        _out(f"rolled back migration {r['migration']}: share 0% in {r['share_zero_seconds']} s, "
+             f"{'new column dropped' if r['dropped_column'] else 'new column kept'}, "
+             f"legacy column {'unchanged' if r['legacy_intact'] else 'CHANGED'} ({r['legacy_checksum']})")
+        return EXIT_OK if r["legacy_intact"] else EXIT_FAILED
+    raise UsageError(f"unknown command {cmd}")
+
+
+def _maybe_config(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(getattr(args, "config", None))
+    except ConfigError:
+        return None

@@ -1,0 +1,147 @@
+"""What people look at: the live terminal view of a migration, its closing summary, ``status`` as text."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from swarm import migration as mig
+from swarm.db import Database
+from swarm.log import get_logger
+
+log = get_logger()
+
+
+def _fmt_secs(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def render_status(st: dict[str, Any]) -> str:
+    """``status`` without ``--json``."""
+    if st.get("migration") is None:
+        return "no migration yet (run `python -m swarm orchestrate`)"
+    lines = [
+        f"migration {st['id']}: {st['migration']}",
+        f"  state     {st['state']} ({st.get('phase') or '-'})",
+        f"  table     {st['table']}.{st['column']} {st['column_type']}  model {st['model']}",
+        f"  rows      {st['rows_done']}/{st['rows_total']} done, {st['rows_failed']} dead-lettered, "
+        f"{st['pending_changes']} queued changes",
+        f"  speed     {st['rows_per_second'] or '-'} rows/s, ETA {_fmt_secs(st.get('eta_seconds'))}, "
+        f"elapsed {_fmt_secs(st.get('elapsed_seconds'))}",
+        f"  rollout   {st['rollout_percent']:.0f}% of queries on the new column",
+        f"  index     {st.get('index') or '-'}",
+    ]
+    if st.get("reason"):
+        lines.append(f"  reason    {st['reason']}")
+    by_state: dict[str, int] = {}
+    for s in st["shards"]:
+        by_state[s["state"]] = by_state.get(s["state"], 0) + 1
+    lines.append("  shards    " + ", ".join(f"{n} {k}" for k, n in sorted(by_state.items())))
+    for a in st.get("agents", []):
+        lines.append(f"  agent     {a['name']:<18} {a['kind']:<16} {a['state'] or '-':<8} rss {a['rss_mb'] or 0:.0f} MB")
+    for d in st.get("dead_letters", [])[:5]:
+        lines.append(f"  dead      row {d['row_id']}: {d['reason']}")
+    return "\n".join(lines)
+
+
+def summary(st: dict[str, Any]) -> str:
+    rate = None
+    if st.get("elapsed_seconds"):
+        rate = st["rows_done"] / max(st["elapsed_seconds"], 1e-9)
+    head = {"completed": "completed", "rolled_back": "ROLLED BACK", "failed": "FAILED"}.get(st["state"], st["state"])
+    lines = [
+        f"migration {st['id']} {head}: {st['rows_done']}/{st['rows_total']} rows embedded, "
+        f"{st['rows_failed']} dead-lettered, {len(st['shards'])} shards, {_fmt_secs(st.get('elapsed_seconds'))}"
+        + (f", {rate:.0f} rows/s" if rate else ""),
+    ]
+    if st.get("index"):
+        lines.append(f"index {st['index']} on {st['table']}.{st['column']}")
+    if st.get("reason"):
+        lines.append(f"reason: {st['reason']}")
+    return "\n".join(lines)
+
+
+def watch(db: Database, m: mig.Migration, *, coord: Any = None, live: bool = True, quiet: bool = False,
+          poll: float = 0.5) -> dict[str, Any]:
+    """Follow a migration until it ends; re-kick the coordinator if Ray restarted it. Returns the final status."""
+    import ray
+
+    last_line = 0.0
+    last_check = 0.0
+    display = _Live() if live else None
+    try:
+        while True:
+            mm = db.run(lambda c: mig.load(c, m.id), what="load")
+            st = db.run(lambda c: mig.status(c, mm), what="status")
+            if display:
+                display.update(st)
+            elif not quiet and time.monotonic() - last_line > 5:
+                print(
+                    f"[{st['state']}/{st.get('phase')}] {st['rows_done']}/{st['rows_total']} rows, "
+                    f"{st['rows_per_second'] or '-'} rows/s, ETA {_fmt_secs(st.get('eta_seconds'))}",
+                    flush=True,
+                )
+                last_line = time.monotonic()
+            if st["state"] in mig.TERMINAL:
+                return st
+            if coord is not None and time.monotonic() - last_check > 3:
+                last_check = time.monotonic()
+                try:
+                    if ray.get(coord.running.remote(), timeout=30) is None:
+                        # The coordinator was restarted (its process died): resume from the database.
+                        from swarm import agents_ray
+
+                        agents_ray.reregister(coord)
+                        ray.get(coord.start.remote(m.id), timeout=30)
+                        log.warning("coordinator.resumed", migration=m.id)
+                except Exception as e:  # a restarting actor: try again at the next poll
+                    log.warning("coordinator.unreachable", error=type(e).__name__)
+            time.sleep(poll)
+    finally:
+        if display:
+            display.stop()
+
+
+class _Live:
+    """rich Live view: overall bar, rows/s, ETA and a per-shard table."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def update(self, st: dict[str, Any]) -> None:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        total = max(1, st["rows_total"])
+        head = Table.grid(padding=(0, 2))
+        head.add_row(
+            f"[bold]{st['migration']}[/] #{st['id']}",
+            f"{st['state']}/{st.get('phase') or '-'}",
+            f"{st['rows_done']:,}/{st['rows_total']:,} rows",
+            f"{st['rows_per_second'] or '-'} rows/s",
+            f"ETA {_fmt_secs(st.get('eta_seconds'))}",
+            f"{st['rows_failed']} dead-lettered",
+            f"{st['pending_changes']} queued changes",
+        )
+        bar = ProgressBar(total=total, completed=min(total, st["rows_done"] + st["rows_failed"]), width=60)
+        shards = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+        for col in ("shard", "state", "rows", "worker", "attempts"):
+            shards.add_column(col)
+        active = [s for s in st["shards"] if s["state"] != "done"][:12]
+        for s in active:
+            shards.add_row(str(s["id"]), s["state"], f"{s['rows_done']}/{s['rows_planned']}", s["worker"] or "-",
+                           str(s["attempts"]))
+        done = sum(1 for s in st["shards"] if s["state"] == "done")
+        self.live.update(Group(head, bar, f"shards: {done}/{len(st['shards'])} done", shards))
+
+    def stop(self) -> None:
+        self.live.stop()

@@ -1,0 +1,152 @@
+"""The Ray runtime: connect to a cluster or start a local head node that outlives the command.
+
+Actors live in the ``swarm`` namespace as named, detached actors, so every ``python -m swarm`` invocation (a new
+driver process each time) finds the same coordinator and migrators. ``init`` records the head it started in
+``.swarm/ray.json``; ``shutdown`` stops that head and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from swarm.db import ensure_private_dir
+from swarm.errors import SwarmError
+from swarm.log import get_logger
+
+NAMESPACE = "swarm"
+COORDINATOR = "coordinator"
+KIND_PREFIX = {"data-migrator": "data-migrator", "validator": "validator", "migration-coordinator": COORDINATOR}
+
+log = get_logger()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray_bin() -> str:
+    candidate = Path(sys.executable).with_name("ray")
+    return str(candidate) if candidate.exists() else (shutil.which("ray") or "ray")
+
+
+def head_file(state_dir: Path) -> Path:
+    return state_dir / "ray.json"
+
+
+def _read_head(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(head_file(state_dir).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _port_open(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_head(state_dir: Path, *, dashboard_host: str = "127.0.0.1", num_cpus: int | None = None) -> dict[str, Any]:
+    """``ray start --head`` on free ports, dashboard and metrics on ``dashboard_host``; returns its record."""
+    ensure_private_dir(state_dir)
+    port, dash, metrics = _free_port(), _free_port(), _free_port()
+    cmd = [
+        _ray_bin(), "start", "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        f"--dashboard-host={dashboard_host}",
+        f"--dashboard-port={dash}",
+        f"--metrics-export-port={metrics}",
+        f"--num-cpus={num_cpus or os.cpu_count() or 1}",
+        "--disable-usage-stats",
+    ]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SwarmError(f"ray start --head failed: {tail[0]}")
+    record = {
+        "address": f"127.0.0.1:{port}",
+        "dashboard": f"http://{dashboard_host}:{dash}",
+        "metrics_port": metrics,
+        "started_by_swarm": True,
+        "started_at": time.time(),
+    }
+    head_file(state_dir).write_text(json.dumps(record))
+    log.info("ray.head_started", **record)
+    return record
+
+
+def connect(state_dir: Path, address: str | None = None, *, start: bool = True, dashboard_host: str = "127.0.0.1") -> dict[str, Any]:
+    """Connect this process to Ray (idempotent). Returns the head record (address, dashboard, metrics port)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    record: dict[str, Any] | None
+    if address:
+        record = {"address": address, "started_by_swarm": False}
+    else:
+        record = _read_head(state_dir)
+        if record is None or not _port_open(record["address"]):
+            if not start:
+                raise SwarmError("no swarm is running; run `python -m swarm init` first")
+            record = start_head(state_dir, dashboard_host=dashboard_host)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(
+            address=record["address"],
+            namespace=NAMESPACE,
+            logging_level="ERROR",
+            log_to_driver=False,
+            include_dashboard=None,
+        )
+    return record
+
+
+def stop_head(state_dir: Path) -> bool:
+    """Stop the head node swarm started (if any)."""
+    record = _read_head(state_dir)
+    if not record or not record.get("started_by_swarm"):
+        return False
+    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True)
+    head_file(state_dir).unlink(missing_ok=True)
+    return True
+
+
+def get_actor(name: str) -> Any | None:
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def list_agents(prefix: str) -> list[str]:
+    """Names of live named actors in the namespace starting with ``prefix`` (sorted by index)."""
+    from ray.util.state import list_actors
+
+    names = [
+        a.name
+        for a in list_actors(filters=[("state", "!=", "DEAD")], limit=10_000, raise_on_missing_output=False)
+        if a.name and a.name.startswith(prefix) and getattr(a, "ray_namespace", NAMESPACE) == NAMESPACE
+    ]
+
+    def idx(n: str) -> int:
+        tail = n.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    return sorted(set(names), key=idx)
