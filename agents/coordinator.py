@@ -136,7 +136,23 @@ class Coordinator:
             return {"state": "failed", "reason": str(e)}
 
     async def after_backfill(self, m: mig.Migration) -> dict[str, Any] | None:
-        """Hook for validation and rollout (see agents.validator); None means go on and complete."""
+        """Validate (and with ``rollout.auto`` roll out step by step); a failed gate rolls back.
+
+        Returns None to go on and complete, or the result of the rollback.
+        """
+        validators = self.workers("validator")
+        if not validators:
+            log.warning("validation.skipped", migration=m.id, reason="no validators in the swarm")
+            return None
+        await self._db(lambda c: mig.set_state(c, m.id, "validating", phase="validate"), "state")
+        report = await self._call(validators[0], "validate", m.id)
+        if report.get("failures"):
+            return await self._fail(m, "validation failed: " + "; ".join(report["failures"]))
+        if self.cfg.rollout.auto:
+            await self._db(lambda c: mig.set_state(c, m.id, "validating", phase="rollout"), "state")
+            result = await self._call(validators[0], "rollout", m.id)
+            if result.get("failures"):
+                return await self._fail(m, "rollout failed: " + "; ".join(result["failures"]))
         return None
 
     async def _backfill(self, m: mig.Migration) -> str | None:

@@ -130,6 +130,8 @@ class RolloutConfig(_Section):
     alerts: str = "configs/alerts.yaml"
     webhook_url: str = ""
     use_new: bool = Field(default=True, description="USE_NOMIC_EMBEDDINGS=false sets this to false")
+    auto: bool = Field(default=False, description="orchestrate steps through `steps` after validation passes")
+    queries_per_step: int = Field(default=200, ge=1, description="replayed queries per step when there is no traffic")
 
     @field_validator("steps")
     @classmethod

@@ -7,6 +7,7 @@ driver process each time) finds the same coordinator and migrators. ``init`` rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -62,7 +63,9 @@ def _port_open(address: str) -> bool:
 def start_head(state_dir: Path, *, dashboard_host: str = "127.0.0.1", num_cpus: int | None = None) -> dict[str, Any]:
     """``ray start --head`` on free ports, dashboard and metrics on ``dashboard_host``; returns its record."""
     ensure_private_dir(state_dir)
-    port, dash, metrics = _free_port(), _free_port(), _free_port()
+    port, dash, metrics, client = _free_port(), _free_port(), _free_port(), _free_port()
+    # A temp dir of its own (short: Ray's Unix sockets live under it) lets stop_head stop this head and no other.
+    temp_dir = f"/tmp/swarm-ray-{hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]}"
     cmd = [
         _ray_bin(), "start", "--head",
         f"--port={port}",
@@ -70,6 +73,8 @@ def start_head(state_dir: Path, *, dashboard_host: str = "127.0.0.1", num_cpus: 
         f"--dashboard-host={dashboard_host}",
         f"--dashboard-port={dash}",
         f"--metrics-export-port={metrics}",
+        f"--ray-client-server-port={client}",
+        f"--temp-dir={temp_dir}",
         f"--num-cpus={num_cpus or os.cpu_count() or 1}",
         "--disable-usage-stats",
     ]
@@ -82,6 +87,7 @@ def start_head(state_dir: Path, *, dashboard_host: str = "127.0.0.1", num_cpus: 
         "address": f"127.0.0.1:{port}",
         "dashboard": f"http://{dashboard_host}:{dash}",
         "metrics_port": metrics,
+        "temp_dir": temp_dir,
         "started_by_swarm": True,
         "started_at": time.time(),
     }
@@ -121,9 +127,43 @@ def stop_head(state_dir: Path) -> bool:
     record = _read_head(state_dir)
     if not record or not record.get("started_by_swarm"):
         return False
-    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True)
+    _kill_tree(record["temp_dir"])
     head_file(state_dir).unlink(missing_ok=True)
     return True
+
+
+def _kill_tree(marker: str) -> None:
+    """Stop the processes of the head whose command lines name ``marker`` (its temp dir), and their children.
+
+    ``ray stop`` would stop every Ray node on the machine, including ones swarm did not start.
+    """
+    import psutil
+
+    roots = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                roots.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    procs = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            for c in p.children(recursive=True):
+                procs[c.pid] = c
+        except psutil.NoSuchProcess:
+            pass
+    for p in procs.values():
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def get_actor(name: str) -> Any | None:

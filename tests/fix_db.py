@@ -1,0 +1,90 @@
+"""A real PostgreSQL with pgvector: one server per session, a fresh database per test.
+
+The server is the embedded ``pgserver`` (PostgreSQL 16 + pgvector), or the server at ``SWARM_TEST_DSN``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from swarm.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of the session's server (admin database)."""
+    external = os.environ.get("SWARM_TEST_DSN")
+    if external:
+        yield external
+        return
+    import pgserver
+
+    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    yield str(server.get_uri())
+    server.cleanup()
+
+
+def _with_db(dsn: str, dbname: str) -> str:
+    params: dict[str, Any] = conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+@pytest.fixture()
+def dsn(pg_server_dsn: str) -> Iterator[str]:
+    """A fresh database with pgvector for this test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(pg_server_dsn, name)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    yield url
+    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def conn(dsn: str) -> Iterator[psycopg.Connection]:
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        register_vector(c)
+        yield c
+
+
+def write_config(root: Path, text: str) -> Path:
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    p = root / "configs" / "test.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture()
+def make_config(tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Build a Config for this test's database, models from the repo's model/ dir, state under tmp_path."""
+
+    def make(**sections: dict[str, Any]) -> Config:
+        base: dict[str, dict[str, Any]] = {
+            "database": {"dsn": dsn},
+            "embedding": {"model_path": str(REPO / "model/all-MiniLM-L6-v2.Q8_0.gguf")},
+            "legacy": {"model_path": str(REPO / "model/all-MiniLM-L6-v2.f16.gguf")},
+            "validation": {"queries": str(tmp_path / "queries.jsonl")},
+        }
+        for k, v in sections.items():
+            base.setdefault(k, {}).update(v)
+        monkeypatch.chdir(tmp_path)
+        return load_config(None, **base)
+
+    return make
