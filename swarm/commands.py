@@ -113,7 +113,6 @@ def preflight(cfg: Config, db: Database, *, rehearse: bool = False) -> tuple[Any
 
         info = read_info(str(cfg.path(cfg.embedding.model_path)))
         check_dimension(info, cfg.embedding.dimension)
-    server = mig.init_schema(db)
     table = db.run(lambda c: mig.inspect_table(c, cfg), what="inspect")
     if table.legacy_dim is None:
         raise ConfigError("database.legacy_column", cfg.database.legacy_column,
@@ -132,6 +131,7 @@ def preflight(cfg: Config, db: Database, *, rehearse: bool = False) -> tuple[Any
     elif cfg.swarm.validators > 0 and not rehearse:
         raise ModelError(str(legacy_path), "no such file ([legacy].model_path, needed by validators); "
                                            "run `python -m swarm model prepare` or set swarm.validators = 0")
+    server = mig.init_schema(db)  # the first write, after every check passed
     return info, table, server
 
 

@@ -269,7 +269,8 @@ $swarm$"""
         """The next ``limit`` rows of a shard after the checkpoint, by keyset, that still need a vector."""
         where, params = self.range_clause(after, hi)
         q = sql.SQL(
-            "SELECT {id}::text, {content} FROM {t} WHERE {w} AND {new} IS NULL ORDER BY {id} LIMIT %s"
+            # Alias the text key: ORDER BY {id} would otherwise sort by the text output column, not the key.
+            "SELECT {id}::text AS swarm_key, {content} FROM {t} WHERE {w} AND {new} IS NULL ORDER BY {id} LIMIT %s"
         ).format(id=self.id, content=self.content, t=self.t, w=where, new=self.new)
         return q, [*params, int(limit)]
 
@@ -282,8 +283,8 @@ $swarm$"""
     def read_rows_needing(self) -> sql.Composable:
         """Current content of the given ids that have no vector yet (queued changes)."""
         return sql.SQL(
-            "SELECT {id}::text, {content} FROM {t} WHERE {id} = ANY(CAST(%s AS {ty}[])) AND {new} IS NULL "
-            "ORDER BY {id}"
+            "SELECT {id}::text AS swarm_key, {content} FROM {t} WHERE {id} = ANY(CAST(%s AS {ty}[])) "
+            "AND {new} IS NULL ORDER BY {id}"
         ).format(id=self.id, content=self.content, t=self.t, ty=self.ktype, new=self.new)
 
     @staticmethod

@@ -76,15 +76,36 @@ def make_config(tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> An
     """Build a Config for this test's database, models from the repo's model/ dir, state under tmp_path."""
 
     def make(**sections: dict[str, Any]) -> Config:
-        base: dict[str, dict[str, Any]] = {
-            "database": {"dsn": dsn},
-            "embedding": {"model_path": str(REPO / "model/all-MiniLM-L6-v2.Q8_0.gguf")},
-            "legacy": {"model_path": str(REPO / "model/all-MiniLM-L6-v2.f16.gguf")},
-            "validation": {"queries": str(tmp_path / "queries.jsonl")},
-        }
-        for k, v in sections.items():
-            base.setdefault(k, {}).update(v)
         monkeypatch.chdir(tmp_path)
-        return load_config(None, **base)
+        return config_for(dsn, tmp_path, **sections)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def module_dsn(pg_server_dsn: str) -> Iterator[str]:
+    """A database shared by one test module (tests that reuse one swarm use distinct tables in it)."""
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(pg_server_dsn, name)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    yield url
+    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def config_for(dsn: str, root: Path, **sections: dict[str, Any]) -> Config:
+    """A Config for ``dsn`` with the repo's models and state under ``root``."""
+    base: dict[str, dict[str, Any]] = {
+        "database": {"dsn": dsn},
+        "embedding": {"model_path": str(REPO / "model/all-MiniLM-L6-v2.Q8_0.gguf")},
+        "legacy": {"model_path": str(REPO / "model/all-MiniLM-L6-v2.f16.gguf")},
+        "validation": {"queries": str(root / "queries.jsonl")},
+    }
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    cfg = load_config(None, **base)
+    cfg.root = str(root)
+    return cfg

@@ -1,0 +1,203 @@
+"""The swarm on real Ray: named detached actors, a migrator killed mid-shard, orchestrate killed and rerun,
+PostgreSQL restarted, a second node, metrics on the node's endpoint.
+
+One swarm serves the module (actors are reused across tests: each test migrates its own table in one database).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from swarm import commands
+from swarm import migration as mig
+from swarm.config import Config
+from swarm.db import Database
+from tests.fix_db import REPO, config_for
+from tests.test_migration import check_vectors, create_table
+
+
+@pytest.fixture(scope="module")
+def swarm_env(module_dsn: str, ray_head: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+              minilm_q8: Path, minilm_f16: Path) -> Any:
+    from swarm import agents_ray
+
+    agents_ray.kill_all()
+    root = tmp_path_factory.mktemp("swarm-root")
+
+    def make(table: str, **sections: dict[str, Any]) -> Config:
+        base: dict[str, dict[str, Any]] = {"database": {"table": table},
+                                           "swarm": {"ray_address": ray_head["address"], "validators": 0,
+                                                     "migrators": 2, "threads_per_migrator": 1}}
+        for k, v in sections.items():
+            base.setdefault(k, {}).update(v)
+        return config_for(module_dsn, root, **base)
+
+    yield make, module_dsn, ray_head
+    agents_ray.kill_all()
+
+
+def test_orchestrate_completes_with_named_actors_and_metrics(swarm_env: Any) -> None:
+    import ray
+    from ray.util.state import list_actors
+
+    make, dsn, head = swarm_env
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_table(conn, "t_main", "bigint", 400, seed=11)
+        cfg = make("t_main", swarm={"shard_rows": 100})
+        assert commands.orchestrate(cfg, progress=False) == 0
+        st = commands.status(cfg)
+        assert st["state"] == "completed" and st["rows_done"] == st["rows_total"] == 400
+        assert st["index"] and conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [st["index"]]).fetchone()
+        assert check_vectors(conn, "t_main", cfg.embedding.model_path) == 400
+    names = {a.name for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.name}
+    assert {"coordinator", "data-migrator-0", "data-migrator-1"} <= names
+    assert ray.get(ray.get_actor("data-migrator-0", namespace="swarm").info.remote())["rss_mb"] > 0
+    # The swarm's metrics appear on the node's metrics endpoint (Ray exports them every few seconds).
+    url = f"http://127.0.0.1:{head['metrics_port']}/metrics"
+    deadline, body = time.time() + 60, ""
+    while time.time() < deadline:
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        if "swarm_rows_migrated" in body and "swarm_tokens_per_second" in body:
+            break
+        time.sleep(2)
+    assert "swarm_rows_migrated" in body, "swarm metrics not exported"
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                if line.startswith("ray_swarm_rows_migrated") and 'migration="' in line)
+    assert total >= 400
+
+
+def _wait(cfg: Config, pred: Any, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = commands.status(cfg)
+        if pred(st):
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; last status {st}")
+
+
+def test_sigkill_migrator_mid_shard_resumes(swarm_env: Any) -> None:
+    make, dsn, _ = swarm_env
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_table(conn, "t_kill", "bigint", 1200, seed=12)
+        cfg = make("t_kill", swarm={"shard_rows": 300}, embedding={"batch_size": 8})
+        assert commands.orchestrate(cfg, detach=True, progress=False) == 0
+        killed = []
+        for _ in range(2):
+            st = _wait(cfg, lambda s: any(sh["state"] == "running" and sh["rows_done"] > 0 for sh in s["shards"]))
+            running = next(sh for sh in st["shards"] if sh["state"] == "running" and sh["rows_done"] > 0)
+            pid = conn.execute("SELECT pid FROM swarm.agents WHERE name = %s", [running["worker"]]).fetchone()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append((running["id"], pid))
+            time.sleep(1.0)
+        final = _wait(cfg, lambda s: s["state"] in mig.TERMINAL, timeout=300)
+        assert final["state"] == "completed", final
+        assert final["rows_done"] == final["rows_total"] == 1200
+        attempts = {sh["id"]: sh["attempts"] for sh in final["shards"]}
+        assert any(attempts[s] > 1 for s, _ in killed), attempts
+        assert check_vectors(conn, "t_kill", cfg.embedding.model_path) == 1200
+        # Resumed from the checkpoint: no shard reports more rows than it has.
+        assert all(sh["rows_done"] <= sh["rows_planned"] for sh in final["shards"])
+
+
+def test_orchestrate_killed_then_rerun_resumes(swarm_env: Any, tmp_path: Path) -> None:
+    make, dsn, head = swarm_env
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_table(conn, "t_rerun", "bigint", 800, seed=13)
+    cfg = make("t_rerun", swarm={"shard_rows": 200}, embedding={"batch_size": 8})
+    toml = tmp_path / "configs" / "rerun.toml"
+    toml.parent.mkdir()
+    toml.write_text(
+        f'[database]\ndsn = "{dsn}"\ntable = "t_rerun"\n'
+        f'[embedding]\nmodel_path = "{REPO}/model/all-MiniLM-L6-v2.Q8_0.gguf"\nbatch_size = 8\n'
+        f'[legacy]\nmodel_path = "{REPO}/model/all-MiniLM-L6-v2.f16.gguf"\n'
+        f'[swarm]\nray_address = "{head["address"]}"\nvalidators = 0\nshard_rows = 200\nthreads_per_migrator = 1\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "swarm", "-c", str(toml), "orchestrate", "--no-progress"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    st = _wait(cfg, lambda s: s["state"] == "running" and s["rows_done"] > 0, timeout=240)
+    proc.kill()
+    proc.wait()
+    first_id = st["id"]
+    r = subprocess.run([sys.executable, "-m", "swarm", "-c", str(toml), "orchestrate", "--no-progress"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = commands.status(cfg)
+    assert st["id"] == first_id, "the rerun must resume the same migration, not plan a new one"
+    assert st["state"] == "completed" and st["rows_done"] == st["rows_total"] == 800
+
+
+def test_postgres_restart_mid_run(swarm_env: Any, pg_server_dsn: str) -> None:
+    if os.environ.get("SWARM_TEST_DSN"):
+        pytest.skip("restarts only the embedded server")
+    make, dsn, _ = swarm_env
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_table(conn, "t_pgrestart", "bigint", 800, seed=14)
+        pgdata = conn.execute("SHOW data_directory").fetchone()[0]
+    cfg = make("t_pgrestart", swarm={"shard_rows": 200}, embedding={"batch_size": 8})
+    assert commands.orchestrate(cfg, detach=True, progress=False) == 0
+    _wait(cfg, lambda s: s["rows_done"] > 50)
+    import pgserver._commands as pc
+
+    subprocess.run([str(Path(pc.POSTGRES_BIN_PATH) / "pg_ctl"), "-D", pgdata, "-m", "fast", "-w", "restart",
+                    "-l", f"{pgdata}/restart.log"], check=True, capture_output=True)
+    final = _wait(cfg, lambda s: s["state"] in mig.TERMINAL, timeout=300)
+    assert final["state"] == "completed", final
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert check_vectors(conn, "t_pgrestart", cfg.embedding.model_path) == 800
+    Database(dsn).close()
+
+
+def test_second_node_joins_and_hosts_migrators(swarm_env: Any) -> None:
+    import ray
+    from ray.util.state import list_actors
+
+    make, dsn, head = swarm_env
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    node = subprocess.run([ray_bin, "start", f"--address={head['address']}", "--num-cpus=1",
+                           "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+                          capture_output=True, text=True, timeout=180)
+    assert node.returncode == 0, node.stderr
+    try:
+        deadline = time.time() + 60
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
+            time.sleep(1)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        cfg = make("t_nodes", swarm={"migrators": 4, "shard_rows": 100})
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            create_table(conn, "t_nodes", "bigint", 400, seed=15)
+        assert commands.orchestrate(cfg, progress=False) == 0
+        nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
+                 if a.name and a.name.startswith("data-migrator-")}
+        assert len(nodes) == 2, "migrators should be spread over both nodes"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            workers = {r[0] for r in conn.execute("SELECT DISTINCT worker FROM swarm.batches b JOIN swarm.migrations m "
+                                                   "ON m.id = b.migration_id WHERE m.table_name = 't_nodes'")}
+        assert len(workers) >= 2
+    finally:
+        from swarm import agents_ray
+
+        agents_ray.kill_all()
+        _stop_node(head)
+
+
+def _stop_node(head: dict[str, Any]) -> None:
+    """Stop the second raylet (the one not under the head's temp dir) and its workers."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "raylet" in cmd and head["temp_dir"] not in cmd and "--gcs-address" in cmd:
+            for c in p.children(recursive=True):
+                c.kill()
+            p.kill()
