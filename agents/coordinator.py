@@ -155,13 +155,27 @@ class Coordinator:
                 return await self._fail(m, "rollout failed: " + "; ".join(result["failures"]))
         return None
 
+    async def _await_worker(self, worker: str, timeout: float = 180.0) -> str:
+        """Wait until a worker answers again (Ray restarts a dead migrator and reloads its model)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self._call(worker, "ping")
+                return worker
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{worker} did not come back within {timeout:.0f} s") from e
+                await asyncio.sleep(1.0)
+
     async def _backfill(self, m: mig.Migration) -> str | None:
+        """Hand pending shards to idle migrators until none is left. Returns why it failed, or None."""
         mid = m.id
         max_attempts = self.cfg.swarm.max_attempts
         idle = list(self.workers())
         if not idle:
             raise RuntimeError("no data-migrators registered; run `python -m swarm spawn --type data-migrator`")
-        inflight: dict[asyncio.Future[Any], tuple[str, int, int]] = {}
+        shards: dict[asyncio.Future[Any], tuple[str, int, int]] = {}
+        returning: dict[asyncio.Future[Any], str] = {}  # workers being restarted by Ray
         while True:
             while idle:
                 worker = idle[0]
@@ -171,13 +185,27 @@ class Coordinator:
                 idle.pop(0)
                 shard_id, attempt = claim
                 fut = asyncio.ensure_future(self._call(worker, "run_shard", mid, shard_id, attempt))
-                inflight[fut] = (worker, shard_id, attempt)
+                shards[fut] = (worker, shard_id, attempt)
                 log.info("shard.assigned", migration=mid, shard=shard_id, worker=worker, attempt=attempt)
-            if not inflight:
-                break
-            done, _ = await asyncio.wait(list(inflight), return_when=asyncio.FIRST_COMPLETED)
+            if not shards:
+                pending = await self._db(
+                    lambda c: c.execute(
+                        "SELECT count(*) FROM swarm.shards WHERE migration_id = %s AND state = 'pending'", [mid]
+                    ).fetchone()[0],
+                    "pending",
+                )
+                if not (pending and returning):
+                    break  # nothing left, or nobody left to take it
+            done, _ = await asyncio.wait([*shards, *returning], return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
-                worker, shard_id, attempt = inflight.pop(fut)
+                if fut in returning:
+                    worker = returning.pop(fut)
+                    if fut.exception() is None:
+                        idle.append(worker)
+                    else:
+                        log.error("worker.lost", worker=worker, error=str(fut.exception()))
+                    continue
+                worker, shard_id, attempt = shards.pop(fut)
                 err = fut.exception()
                 if err is None:
                     idle.append(worker)
@@ -194,13 +222,15 @@ class Coordinator:
                             reason=reason, now=state)
                 self.events.append({"t": time.time(), "shard": shard_id, "worker": worker, "reason": reason})
                 if died:
-                    # Ray restarts the actor (max_restarts=-1); give it a moment before handing it work again.
-                    await asyncio.sleep(1.0)
-                idle.append(worker)
+                    returning[asyncio.ensure_future(self._await_worker(worker))] = worker
+                else:
+                    idle.append(worker)
                 if state == "failed":
-                    for f in inflight:
+                    for f in [*shards, *returning]:
                         f.cancel()
-                    return f"shard {shard_id} failed after {attempt} attempts: {reason}"
+                    return f"shard {shard_id} failed {max_attempts} times: {reason}"
+        for f in returning:
+            f.cancel()
         states = await self._db(
             lambda c: c.execute(
                 "SELECT state, count(*) FROM swarm.shards WHERE migration_id = %s GROUP BY state", [mid]

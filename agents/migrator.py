@@ -165,8 +165,15 @@ class DataMigrator:
 
         s = self.stats
         est = getattr(self.embedder, "stats", None)
+        try:
+            import ray
+
+            node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        except Exception:
+            node_id = None
         return {
             "name": self.name,
+            "node_id": node_id,
             "pid": os.getpid(),
             "node": socket.gethostname(),
             "model": getattr(self.embedder, "model_id", "?"),

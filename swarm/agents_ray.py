@@ -8,7 +8,9 @@
 
 All actors ask for 0 CPUs from Ray's scheduler: the migrators' llama.cpp threads are sized by swarm itself
 (``threads_per_migrator``), and a 2-core machine must still host a coordinator, migrators and validators.
-The configuration reaches them through ``ray.put`` so the DSN never shows among actor arguments.
+The configuration reaches them wrapped in :class:`Sealed`, whose repr hides it, so the DSN never shows among
+actor arguments. (Not ``ray.put``: a restarted detached actor needs its constructor arguments after the driver
+that owned such an object has gone.)
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from typing import Any
 
 from swarm.runtime import COORDINATOR, NAMESPACE, get_actor, list_agents
 
-_OBJ: dict[str, Any] = {}
+
+class Sealed(dict):  # type: ignore[type-arg]
+    """A payload dict that does not show its contents in reprs, logs or the Ray dashboard."""
+
+    def __repr__(self) -> str:
+        return "<swarm payload>"
+
+    __str__ = __repr__
 
 
-def _payload_ref(payload: dict[str, Any]) -> Any:
-    import ray
-
-    return ray.put(payload)
+def _payload_ref(payload: dict[str, Any]) -> Sealed:
+    return Sealed(payload)
 
 
 def coordinator(payload: dict[str, Any]) -> Any:

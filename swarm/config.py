@@ -99,7 +99,7 @@ class SwarmConfig(_Section):
     validators: int = Field(default=1, ge=0, le=64)
     threads_per_migrator: int | None = Field(default=None, ge=1)
     shard_rows: int = Field(default=2_000, ge=1)
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=5, ge=1, description="failures of one shard before the migration fails")
     max_rows_per_second: float = Field(default=0, ge=0, description="0: unlimited")
     lock_timeout_ms: int = Field(default=2_000, ge=1)
     ddl_retries: int = Field(default=30, ge=0)

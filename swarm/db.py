@@ -67,21 +67,20 @@ def resolve_dsn(cfg: Config) -> str:
     return str(embedded_server(cfg.state_dir).get_uri())
 
 
+def pg_ctl_embedded(pgdata: Path, *args: str) -> None:
+    """Run pg_ctl on the embedded server as the user pgserver runs it as (``pgserver`` when we are root)."""
+    from pgserver._commands import pg_ctl  # type: ignore[import-not-found]
+
+    user = "pgserver" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", *args], pgdata=pgdata, user=user)
+
+
 def stop_embedded(state_dir: Path) -> bool:
     """Stop the embedded server if it runs. Returns whether it was running."""
     pgdata = state_dir / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
-    import subprocess
-
-    import pgserver  # noqa: F401  (locates the bundled binaries)
-    from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-not-found]
-
-    subprocess.run(
-        [str(Path(POSTGRES_BIN_PATH) / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
-        check=False,
-        capture_output=True,
-    )
+    pg_ctl_embedded(pgdata, "stop")
     return True
 
 

@@ -45,6 +45,7 @@ def init_schema(db: Database) -> ServerInfo:
             conn.execute("ALTER TABLE swarm.migrations ADD COLUMN IF NOT EXISTS rows_done bigint")
             conn.execute("ALTER TABLE swarm.migrations ADD COLUMN IF NOT EXISTS rows_failed bigint")
             conn.execute("ALTER TABLE swarm.migrations ADD COLUMN IF NOT EXISTS phase text")
+            conn.execute("ALTER TABLE swarm.shards ADD COLUMN IF NOT EXISTS failures int NOT NULL DEFAULT 0")
         return info
 
     return db.run(go, what="init_schema")
@@ -360,9 +361,11 @@ def claim_shard(conn: psycopg.Connection, mid: int, worker: str) -> tuple[int, i
 
 
 def release_shard(conn: psycopg.Connection, mid: int, shard_id: int, attempt: int, *, error: str, max_attempts: int) -> str:
-    """A shard's run failed: back to pending, or failed past the retry limit. Returns the new state."""
+    """A shard's run failed: back to pending (it resumes from its checkpoint), or ``failed`` once it has failed
+    ``max_attempts`` times. Returns the new state."""
     r = conn.execute(
-        "UPDATE swarm.shards SET state = CASE WHEN attempt >= %s THEN 'failed' ELSE 'pending' END, error = %s, "
+        "UPDATE swarm.shards SET failures = failures + 1, "
+        "state = CASE WHEN failures + 1 >= %s THEN 'failed' ELSE 'pending' END, error = %s, "
         "updated_at = now() WHERE migration_id = %s AND shard_id = %s AND attempt = %s AND state = 'running' "
         "RETURNING state",
         [max_attempts, error[:2000], mid, shard_id, attempt],

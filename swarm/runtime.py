@@ -176,14 +176,14 @@ def get_actor(name: str) -> Any | None:
 
 
 def list_agents(prefix: str) -> list[str]:
-    """Names of live named actors in the namespace starting with ``prefix`` (sorted by index)."""
-    from ray.util.state import list_actors
+    """Names of live named actors in the swarm namespace starting with ``prefix`` (sorted by index).
 
-    names = [
-        a.name
-        for a in list_actors(filters=[("state", "!=", "DEAD")], limit=10_000, raise_on_missing_output=False)
-        if a.name and a.name.startswith(prefix) and getattr(a, "ray_namespace", NAMESPACE) == NAMESPACE
-    ]
+    Asks the GCS of the cluster this process is connected to (not the state API, which would have to find the
+    dashboard and, on a machine with two clusters, cannot tell which is ours).
+    """
+    import ray
+
+    names = [n for n in ray.util.list_named_actors(all_namespaces=False) if n.startswith(prefix)]
 
     def idx(n: str) -> int:
         tail = n.rsplit("-", 1)[-1]

@@ -28,6 +28,9 @@ def make_text(rng: random.Random) -> str:
 
 
 def create_table(conn: psycopg.Connection, table: str, key: str, rows: int, seed: int = 0) -> None:
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
     rng = random.Random(seed)
     conn.execute(f"CREATE TABLE {table} (id {key} PRIMARY KEY, content text, embedding vector(384))")
     with conn.cursor() as cur:
@@ -70,8 +73,11 @@ def run_in_process(cfg: Config, dsn: str, migrators: int = 2, *, rehearse: bool 
 
 def check_vectors(conn: psycopg.Connection, table: str, model_path: str) -> int:
     """Every row's new vector is the embedding of its current content. Returns the rows checked."""
+    from pgvector.psycopg import register_vector
+
     from model.embedder import LlamaEmbedder
 
+    register_vector(conn)
     rows = conn.execute(f"SELECT id::text, content, nomic_embedding FROM {table} ORDER BY id").fetchall()
     emb = LlamaEmbedder(model_path, cache_size=0)
     good = [(r[0], r[1], r[2]) for r in rows if r[1] and r[1].strip()]

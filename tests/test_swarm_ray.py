@@ -48,7 +48,6 @@ def swarm_env(module_dsn: str, ray_head: dict[str, Any], tmp_path_factory: pytes
 
 def test_orchestrate_completes_with_named_actors_and_metrics(swarm_env: Any) -> None:
     import ray
-    from ray.util.state import list_actors
 
     make, dsn, head = swarm_env
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -59,7 +58,7 @@ def test_orchestrate_completes_with_named_actors_and_metrics(swarm_env: Any) -> 
         assert st["state"] == "completed" and st["rows_done"] == st["rows_total"] == 400
         assert st["index"] and conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [st["index"]]).fetchone()
         assert check_vectors(conn, "t_main", cfg.embedding.model_path) == 400
-    names = {a.name for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.name}
+    names = set(ray.util.list_named_actors())
     assert {"coordinator", "data-migrator-0", "data-migrator-1"} <= names
     assert ray.get(ray.get_actor("data-migrator-0", namespace="swarm").info.remote())["rss_mb"] > 0
     # The swarm's metrics appear on the node's metrics endpoint (Ray exports them every few seconds).
@@ -74,6 +73,14 @@ def test_orchestrate_completes_with_named_actors_and_metrics(swarm_env: Any) -> 
     total = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
                 if line.startswith("ray_swarm_rows_migrated") and 'migration="' in line)
     assert total >= 400
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def _wait(cfg: Config, pred: Any, timeout: float = 180) -> dict[str, Any]:
@@ -92,16 +99,24 @@ def test_sigkill_migrator_mid_shard_resumes(swarm_env: Any) -> None:
         create_table(conn, "t_kill", "bigint", 1200, seed=12)
         cfg = make("t_kill", swarm={"shard_rows": 300}, embedding={"batch_size": 8})
         assert commands.orchestrate(cfg, detach=True, progress=False) == 0
-        killed = []
+        killed: list[tuple[int, int]] = []
+
+        def victim(s: dict[str, Any]) -> tuple[int, int] | None:
+            # A shard in the middle of its work, whose migrator process is alive and not one we killed.
+            for sh in s["shards"]:
+                if sh["state"] == "running" and 0 < sh["rows_done"] < sh["rows_planned"]:
+                    pid = conn.execute("SELECT pid FROM swarm.agents WHERE name = %s", [sh["worker"]]).fetchone()[0]
+                    if pid not in {p for _, p in killed} and _alive(pid):
+                        return sh["id"], pid
+            return None
+
         for _ in range(2):
-            st = _wait(cfg, lambda s: any(sh["state"] == "running" and sh["rows_done"] > 0 for sh in s["shards"]))
-            running = next(sh for sh in st["shards"] if sh["state"] == "running" and sh["rows_done"] > 0)
-            pid = conn.execute("SELECT pid FROM swarm.agents WHERE name = %s", [running["worker"]]).fetchone()[0]
+            st = _wait(cfg, lambda s: victim(s) is not None)
+            shard_id, pid = victim(st) or (0, 0)
             os.kill(pid, signal.SIGKILL)
-            killed.append((running["id"], pid))
-            time.sleep(1.0)
+            killed.append((shard_id, pid))
         final = _wait(cfg, lambda s: s["state"] in mig.TERMINAL, timeout=300)
-        assert final["state"] == "completed", final
+        assert final["state"] == "completed", final["reason"]
         assert final["rows_done"] == final["rows_total"] == 1200
         attempts = {sh["id"]: sh["attempts"] for sh in final["shards"]}
         assert any(attempts[s] > 1 for s, _ in killed), attempts
@@ -147,10 +162,9 @@ def test_postgres_restart_mid_run(swarm_env: Any, pg_server_dsn: str) -> None:
     cfg = make("t_pgrestart", swarm={"shard_rows": 200}, embedding={"batch_size": 8})
     assert commands.orchestrate(cfg, detach=True, progress=False) == 0
     _wait(cfg, lambda s: s["rows_done"] > 50)
-    import pgserver._commands as pc
+    from swarm.db import pg_ctl_embedded
 
-    subprocess.run([str(Path(pc.POSTGRES_BIN_PATH) / "pg_ctl"), "-D", pgdata, "-m", "fast", "-w", "restart",
-                    "-l", f"{pgdata}/restart.log"], check=True, capture_output=True)
+    pg_ctl_embedded(Path(pgdata), "restart")
     final = _wait(cfg, lambda s: s["state"] in mig.TERMINAL, timeout=300)
     assert final["state"] == "completed", final
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -160,7 +174,6 @@ def test_postgres_restart_mid_run(swarm_env: Any, pg_server_dsn: str) -> None:
 
 def test_second_node_joins_and_hosts_migrators(swarm_env: Any) -> None:
     import ray
-    from ray.util.state import list_actors
 
     make, dsn, head = swarm_env
     ray_bin = str(Path(sys.executable).with_name("ray"))
@@ -177,8 +190,10 @@ def test_second_node_joins_and_hosts_migrators(swarm_env: Any) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             create_table(conn, "t_nodes", "bigint", 400, seed=15)
         assert commands.orchestrate(cfg, progress=False) == 0
-        nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
-                 if a.name and a.name.startswith("data-migrator-")}
+        from swarm.runtime import list_agents
+
+        handles = [ray.get_actor(n, namespace="swarm") for n in list_agents("data-migrator-")]
+        nodes = {info["node_id"] for info in ray.get([h.info.remote() for h in handles])}
         assert len(nodes) == 2, "migrators should be spread over both nodes"
         with psycopg.connect(dsn, autocommit=True) as conn:
             workers = {r[0] for r in conn.execute("SELECT DISTINCT worker FROM swarm.batches b JOIN swarm.migrations m "
