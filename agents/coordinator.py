@@ -105,6 +105,8 @@ class Coordinator:
     async def run(self, mid: int) -> dict[str, Any]:
         """Backfill every shard, drain live changes until none is left, build the index, finish."""
         m: mig.Migration = await self._db(lambda c: mig.load(c, mid), "load")
+        if m.state == "completed" and not m.rehearsal:
+            return await self._catch_up(m)
         if m.state in mig.TERMINAL:
             return {"state": m.state}
         log.info("migration.run", migration=mid, state=m.state)
@@ -271,6 +273,13 @@ class Coordinator:
                 "enqueue_missing",
             )
         raise RuntimeError("changes did not settle after 1000 rounds")
+
+    async def _catch_up(self, m: mig.Migration) -> dict[str, Any]:
+        """A completed migration run again: embed what the application changed since (the sync trigger queued
+        it and nulled the stale vectors), then complete again. Like a vectorizer worker's next pass."""
+        await self._db(lambda c: mig.set_state(c, m.id, "running", phase="changes"), "state")
+        await self._drain(m)
+        return await self._complete(m)
 
     async def _complete(self, m: mig.Migration) -> dict[str, Any]:
         def go(conn: psycopg.Connection) -> dict[str, Any]:

@@ -368,7 +368,8 @@ class DataMigrator:
             self.metrics.inc("cache_hits", est.cache_hits - self._last_hits, m.id)
             self.metrics.inc("cache_misses", est.cache_misses - self._last_misses, m.id)
             self._last_hits, self._last_misses = est.cache_hits, est.cache_misses
-        log.debug("batch.committed", migration=m.id, shard=shard_id, rows=len(ok), failed=len(bad), written=written)
+        log.info("batch.committed", migration=m.id, shard=shard_id, batch=self.stats.batches, rows=len(ok),
+                 failed=len(bad), written=written, embed_s=round(embed_s, 3))
         return len(ok), len(bad)
 
     _last_hits = 0

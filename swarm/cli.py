@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help.replace("%%", "%"))
         sp.add_argument("-c", "--config", default=argparse.SUPPRESS, help="TOML config")
         return sp
 
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd("shutdown", "stop the swarm's actors (and the local Ray head if init started it)")
 
-    sp = cmd("rollback", "set the rollout to 0%, stop the migrators, drop the new column")
+    sp = cmd("rollback", "set the rollout to 0%%, stop the migrators, drop the new column")
     sp.add_argument("--reason", default="manual rollback")
     sp.add_argument("--keep-data", action="store_true", help="keep the new column and its index")
 
@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     mu.add_argument("url")
     mu.add_argument("--sha256", required=True)
     mu.add_argument("--to", default="model")
+
+    from swarm import cli_quality
+
+    cli_quality.add_parsers(sub)
+
+    b = cmd("bench", "run the performance figures against their baselines; writes bench/results.json and .md")
+    b.add_argument("--only", default=None, help="comma-separated figure names to run")
+    b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
 
     d = cmd("demo", "the demo corpus")
     ds = d.add_subparsers(dest="demo_command", required=True)

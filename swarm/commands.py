@@ -248,25 +248,31 @@ def orchestrate(
     detach: bool = False,
     rehearse: bool = False,
     progress: bool = True,
+    verbose: bool | None = None,
     poll: float = 0.5,
 ) -> int:
     """Run a migration to its end and return its exit code (0 completed, 3 rolled back, 1 failed).
 
     Everything that can be wrong with the config, the model or the table is found before any change. A
-    migration of this table that did not finish is resumed, not planned again.
+    migration of this table that did not finish is resumed, not planned again. ``progress`` shows the live view
+    (periodic lines when not on a terminal); ``verbose`` (default: as ``progress``) prints what happens and
+    the closing summary.
     """
     import ray
 
+    verbose = progress if verbose is None else verbose
     dsn = resolve_dsn(cfg)
     db = Database(dsn, application_name="swarm:orchestrate")
     info, table, server = preflight(cfg, db, rehearse=rehearse)
     current = db.run(lambda c: mig.latest(c, cfg, rehearse=rehearse), what="latest")
     coord = ensure_swarm(cfg, dsn, rehearse=rehearse)
-    if current is not None and current.state not in mig.TERMINAL:
+    if current is not None and (current.state not in mig.TERMINAL or current.state == "completed"):
+        # Resume an unfinished migration; run a completed one again to catch up with the application's writes.
         m = current
         log.info("migration.resume", migration=m.id, state=m.state)
-        if progress:
-            _out(f"resuming migration {m.id} ({m.name!r}, {m.state})")
+        if verbose:
+            verb = "catching up" if m.state == "completed" else "resuming"
+            _out(f"{verb}: migration {m.id} ({m.name!r}, {m.state})")
     else:
         dim = cfg.new_dimension if rehearse else (cfg.embedding.truncate_dim or info.n_embd)
         m = mig.plan(
@@ -277,7 +283,7 @@ def orchestrate(
         )
     ray.get(coord.start.remote(m.id))
     if detach:
-        if progress:
+        if verbose:
             _out(f"migration {m.id} started; follow it with `python -m swarm status --watch`")
         return EXIT_OK
     from swarm.progress import watch
@@ -288,7 +294,7 @@ def orchestrate(
         ray.get(coord.stop.remote())
         _out(f"\nmigration {m.id} paused; run orchestrate again to resume it")
         raise
-    if progress:
+    if verbose:
         from swarm.progress import summary
 
         _out(summary(final))
@@ -393,6 +399,15 @@ def dispatch(args: argparse.Namespace) -> int:
             _out(f"pulled: {model_pull(args.url, args.sha256, args.to)}")
             return EXIT_OK
     cfg = load_config(getattr(args, "config", None))
+    from swarm import cli_quality
+
+    handled = cli_quality.dispatch(args, cfg)
+    if handled is not None:
+        return handled
+    if cmd == "bench":
+        from swarm.bench import run as run_bench
+
+        return run_bench(cfg, only=args.only.split(",") if args.only else None, quick=args.quick)
     if cmd == "db":
         if args.db_command == "url":
             _out(db_url(cfg))
@@ -418,7 +433,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "orchestrate":
         return orchestrate(cfg, args.name, detach=args.detach, rehearse=args.rehearse,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, verbose=True)
     if cmd == "status":
         from swarm.progress import render_status
 
@@ -442,7 +457,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _maybe_config(args: argparse.Namespace) -> Config | None:
+    """The config for prefixes when one is given or the default exists; an explicit bad one is an error."""
+    if getattr(args, "config", None):
+        return load_config(args.config)
     try:
-        return load_config(getattr(args, "config", None))
+        return load_config(None)
     except ConfigError:
         return None

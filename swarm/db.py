@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,22 +42,32 @@ RETRYABLE = (
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` readable by its owner only (it holds the database and secrets)."""
+    """Create ``path`` readable by its owner only (it holds the database and secrets).
+
+    As root, pgserver runs PostgreSQL as its own ``pgserver`` user, which must be able to pass through this
+    directory to reach ``pgdata``: others get search (x) but never read (r) permission.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    os.chmod(path, 0o711 if os.geteuid() == 0 else 0o700)
     return path
 
 
 def embedded_server(state_dir: Path) -> Any:
     """Start or reuse the embedded pgserver in ``state_dir/pgdata``; it outlives this process."""
-    import pgserver
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
 
     ensure_private_dir(state_dir)
     pgdata = state_dir / "pgdata"
     try:
-        return pgserver.get_server(pgdata, cleanup_mode=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR notice on every start
+            server = pgserver.get_server(pgdata, cleanup_mode=None)
     except Exception as e:  # pgserver raises plain exceptions with the server log
         raise DatabaseError(f"embedded PostgreSQL in {pgdata} did not start: {e}".splitlines()[0]) from e
+    ensure_private_dir(state_dir)  # pgserver widens the prefix of its data directory: narrow it again
+    return server
 
 
 def resolve_dsn(cfg: Config) -> str:

@@ -494,6 +494,7 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
         "elapsed_seconds": round(float(elapsed), 1) if elapsed is not None else None,
         "rollout_percent": float(rollout),
         "index": m.index_name,
+        "index_progress": index_progress(conn) if m.phase == "index" else None,
         "reason": m.reason,
         "shards": [
             {

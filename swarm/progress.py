@@ -69,6 +69,9 @@ def watch(db: Database, m: mig.Migration, *, coord: Any = None, live: bool = Tru
     """Follow a migration until it ends; re-kick the coordinator if Ray restarted it. Returns the final status."""
     import ray
 
+    if coord is not None and m.state == "completed":
+        # A catch-up pass: wait for the coordinator's run rather than the (already terminal) state.
+        ray.get(coord.wait.remote())
     last_line = 0.0
     last_check = 0.0
     display = _Live() if live else None
@@ -141,7 +144,12 @@ class _Live:
             shards.add_row(str(s["id"]), s["state"], f"{s['rows_done']}/{s['rows_planned']}", s["worker"] or "-",
                            str(s["attempts"]))
         done = sum(1 for s in st["shards"] if s["state"] == "done")
-        self.live.update(Group(head, bar, f"shards: {done}/{len(st['shards'])} done", shards))
+        parts: list[Any] = [head, bar, f"shards: {done}/{len(st['shards'])} done", shards]
+        ix = st.get("index_progress")
+        if ix:
+            parts.append(f"index: {ix['phase']} {ix['tuples_done'] or ix['blocks_done']}/"
+                         f"{ix['tuples_total'] or ix['blocks_total']}")
+        self.live.update(Group(*parts))
 
     def stop(self) -> None:
         self.live.stop()
