@@ -1,0 +1,488 @@
+"""Turn texts into unit vectors with a GGUF model run by llama.cpp.
+
+:class:`EmbeddingAdapter` is the interface the migrator and the validator use; :class:`LlamaEmbedder`
+implements it with llama-cpp-python's low-level API. It does its own batching instead of calling
+``Llama.embed()``:
+
+- every text is tokenized once, truncated to the model's context (keeping the closing ``[SEP]``/EOS token) and
+  counted in :attr:`EmbedStats.truncated`;
+- texts are sorted by token length and packed into micro-batches bounded by ``n_ubatch`` tokens and by the
+  number of sequences a context holds. A non-causal model (BERT) must see each sequence whole in one ubatch
+  (llama.cpp aborts the process otherwise), so ``n_ubatch = n_batch`` and no sequence is longer than that;
+- each sequence's pooled vector is read with ``llama_get_embeddings_seq``, L2-normalized, optionally cut to a
+  Matryoshka ``truncate_dim`` (and normalized again), and returned in input order.
+
+Rows that cannot be embedded (``None``, empty or whitespace-only) are reported by
+:meth:`LlamaEmbedder.embed_many` with a reason and a zero row, so a migrator can dead-letter them and go on;
+:meth:`LlamaEmbedder.embed` raises :class:`UnembeddableText` for them instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import structlog
+
+from model import _llama_log
+from model.gguf_info import ModelInfo, check_embedding, read_info
+from swarm.errors import ConfigError, DimensionMismatch, ModelError, SwarmError
+
+log = structlog.get_logger()
+
+_DECODE_STATUS = {1: "no room in the KV cache for the batch", 2: "aborted", -1: "invalid input batch"}
+_POOLING_ENUM = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+
+#: Default micro-batch size in tokens (n_batch = n_ubatch), with and without flash attention. Measured with
+#: all-MiniLM-L6-v2 Q8_0 on 2 cores, 200 stdlib functions of ~196 tokens: with flash attention 449 / 531 / 700
+#: tokens/s at 512 / 1024 / 2048 (ggml's CPU flash attention skips the masked cross-sequence blocks, so big
+#: ubatches cost nothing extra); without it 319 / 347 / 350, and the n x n attention matrix it materializes
+#: grows quadratically (2048 tokens: ~200 MB), so it stays at 512.
+DEFAULT_BATCH_TOKENS = 2048
+DEFAULT_BATCH_TOKENS_NO_FLASH = 512
+
+
+class UnembeddableText(SwarmError, ValueError):
+    """A text that cannot be embedded (``None``, empty, whitespace-only, not a string, no tokens)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"text #{index}: {reason}; skip or fix that row")
+        self.args = (index, reason)
+        self.index, self.reason = index, reason
+
+
+@dataclass
+class EmbedStats:
+    """Counters since the embedder was made (or since :meth:`reset`). ``seconds`` is time spent embedding."""
+
+    texts: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    batches: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def reset(self) -> None:
+        for name in asdict(self):
+            setattr(self, name, type(getattr(self, name))())
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 1)}
+
+
+@runtime_checkable
+class EmbeddingAdapter(Protocol):
+    """What swarm needs from an embedding model: float32 unit rows, ``dim`` wide, in input order."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        """Embed ``texts`` (documents, or queries with ``query=True``) into an ``(n, dim)`` float32 array."""
+        ...
+
+    async def embed_with_cache(self, text: str, *, query: bool = False) -> np.ndarray:
+        """Embed one text, answering from the LRU cache when the same text was embedded before."""
+        ...
+
+    def stream(self, texts: Sequence[str], *, query: bool = False) -> AsyncIterator[np.ndarray]:
+        """Yield the vectors of ``texts`` one by one, in order, computing them batch by batch."""
+        ...
+
+
+class _LRU:
+    """A thread-safe least-recently-used map from cache keys to read-only vectors."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> np.ndarray | None:
+        with self._lock:
+            vec = self._data.get(key)
+            if vec is not None:
+                self._data.move_to_end(key)
+            return vec
+
+    def put(self, key: tuple[str, str, str], vec: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        vec = vec.copy()
+        vec.flags.writeable = False
+        with self._lock:
+            self._data[key] = vec
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class LlamaEmbedder:
+    """An :class:`EmbeddingAdapter` over a GGUF embedding model run by llama.cpp on the CPU.
+
+    The file is checked with :func:`~model.gguf_info.read_info` before llama.cpp loads it, so a wrong path,
+    a non-embedding model or a width that differs from ``expected_dim`` fails with a clear error at once.
+    ``n_embd`` and the pooling come from the GGUF. ``document_prefix``/``query_prefix`` are prepended to texts
+    (e.g. ``"search_document: "`` for nomic-embed). ``batch_size`` caps the sequences per micro-batch and
+    ``batch_tokens`` its tokens; ``n_ctx`` lowers the per-text token limit below the model's context (256
+    gives sentence-transformers' truncation for all-MiniLM-L6-v2). ``truncate_dim`` keeps the first dimensions
+    of a Matryoshka model. Calls from several threads (or the async methods' worker threads) take turns on one
+    lock: there is one llama.cpp context.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        document_prefix: str = "",
+        query_prefix: str = "",
+        cache_size: int = 10000,
+        batch_size: int = 32,
+        n_threads: int | None = None,
+        n_ctx: int | None = None,
+        truncate_dim: int | None = None,
+        flash_attn: bool = True,
+        expected_dim: int | None = None,
+        batch_tokens: int | None = None,
+    ) -> None:
+        self.info: ModelInfo = read_info(path)
+        check_embedding(self.info)
+        info = self.info
+        if truncate_dim is not None and not 0 < truncate_dim <= info.n_embd:
+            raise ConfigError(
+                "truncate_dim", truncate_dim, f"must be between 1 and the model's {info.n_embd}"
+            )
+        self._dim = truncate_dim or info.n_embd
+        if expected_dim is not None and expected_dim != self._dim:
+            raise DimensionMismatch(str(info.path), expected_dim, self._dim)
+        if batch_size < 1:
+            raise ConfigError("batch_size", batch_size, "must be at least 1")
+        if n_ctx is not None and n_ctx < 8:
+            raise ConfigError("n_ctx", n_ctx, "must be at least 8 tokens")
+
+        import llama_cpp
+
+        self._lib = llama_cpp
+        trained = info.context_length or n_ctx or 512
+        self.max_tokens = min(n_ctx or trained, trained)
+        # llama.cpp pads n_ctx to a multiple of 256; an n_batch that is not one too aborts the process in
+        # ggml_can_mul_mat while the context reserves its graph (seen with 513 and 600), so round up.
+        default_tokens = DEFAULT_BATCH_TOKENS if flash_attn else DEFAULT_BATCH_TOKENS_NO_FLASH
+        n_batch = -(-max(batch_tokens or default_tokens, self.max_tokens) // 256) * 256
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.document_prefix, self.query_prefix = document_prefix, query_prefix
+        self.truncate_dim = truncate_dim
+        self.flash_attn = flash_attn
+        self.stats = EmbedStats()
+        self._cache = _LRU(cache_size)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._batch: Any = None
+
+        with _llama_log.captured() as said:
+            try:
+                # Llama clamps n_batch to n_ctx; for an encoder n_ctx only bounds the batch (there is no KV
+                # cache), for a causal model it is the unified KV cache the batch's sequences share.
+                self._llm = llama_cpp.Llama(
+                    model_path=str(info.path),
+                    embedding=True,
+                    pooling_type=_POOLING_ENUM[info.pooling],
+                    n_ctx=n_batch,
+                    n_batch=n_batch,
+                    n_ubatch=n_batch,
+                    n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads,
+                    flash_attn=flash_attn,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as exc:
+                reason = said.summary() or str(exc)
+                raise ModelError(str(info.path), f"llama.cpp could not load it ({reason})") from exc
+        ctx = self._llm.ctx
+        self.n_batch = llama_cpp.llama_n_batch(ctx)
+        self.n_ubatch = llama_cpp.llama_n_ubatch(ctx)
+        self.n_seq_max = min(batch_size, llama_cpp.llama_n_seq_max(ctx))
+        self.max_tokens = min(self.max_tokens, self.n_ubatch)
+        self.n_embd = llama_cpp.llama_model_n_embd_out(self._llm.model)
+        if self.n_embd != info.n_embd:
+            raise ModelError(
+                str(info.path), f"llama.cpp reports {self.n_embd} dimensions, the GGUF {info.n_embd}"
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._tokbuf = (llama_cpp.llama_token * (self.max_tokens * 4))()
+        self._head, self._tail = self._special_layout()
+        self.sha256 = info.sha256
+        log.info(
+            "embedder.loaded",
+            path=str(info.path),
+            arch=info.architecture,
+            dim=self._dim,
+            pooling=info.pooling,
+            max_tokens=self.max_tokens,
+            n_ubatch=self.n_ubatch,
+            n_seq_max=self.n_seq_max,
+            n_threads=self.n_threads,
+            flash_attn=flash_attn,
+        )
+
+    # -- the interface -------------------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        """Width of the returned vectors (``truncate_dim`` if set, else the model's ``n_embd``)."""
+        return self._dim
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the vectors' origin: file name, content hash, and truncation if any."""
+        base = f"{self.info.path.name}@sha256:{self.sha256[:16]}"
+        return f"{base}/dim={self.truncate_dim}" if self.truncate_dim else base
+
+    def embed(
+        self, texts: Sequence[str], *, query: bool = False, use_cache: bool | None = None
+    ) -> np.ndarray:
+        """Embed ``texts`` into an ``(n, dim)`` float32 array of unit vectors, in input order.
+
+        Raises :class:`UnembeddableText` (a ``ValueError``) for the first text that cannot be embedded, before
+        any work is done. ``use_cache`` (default: on when ``cache_size > 0``) answers repeated texts from the
+        LRU cache.
+        """
+        for i, text in enumerate(texts):
+            reason = _unembeddable(text)
+            if reason:
+                raise UnembeddableText(i, reason)
+        vectors, errors = self.embed_many(texts, query=query, use_cache=use_cache)
+        for i, reason in enumerate(errors):
+            if reason:
+                raise UnembeddableText(i, reason)
+        return vectors
+
+    def embed_many(
+        self, texts: Sequence[str | None], *, query: bool = False, use_cache: bool | None = None
+    ) -> tuple[np.ndarray, list[str | None]]:
+        """Embed what can be embedded; return the vectors and, per row, ``None`` or why it was skipped.
+
+        Skipped rows are zero vectors. Identical texts in one call are computed once. ``use_cache`` defaults
+        to on when the embedder has a cache (``cache_size > 0``).
+        """
+        if use_cache is None:
+            use_cache = self._cache.size > 0
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        errors: list[str | None] = [None] * len(texts)
+        prefix = self.query_prefix if query else self.document_prefix
+        pending: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            reason = _unembeddable(text)
+            if reason:
+                errors[i] = reason
+                continue
+            assert isinstance(text, str)
+            if use_cache:
+                hit = self._cache.get((self.sha256, prefix, text))
+                if hit is not None:
+                    out[i] = hit
+                    self.stats.cache_hits += 1
+                    continue
+                self.stats.cache_misses += 1
+            pending.setdefault(text, []).append(i)
+        if not pending:
+            return out, errors
+
+        unique = list(pending)
+        with self._lock:
+            self._check_open()
+            started = time.perf_counter()
+            vectors, failed = self._compute([prefix + t for t in unique])
+            self.stats.seconds += time.perf_counter() - started
+        for j, text in enumerate(unique):
+            rows = pending[text]
+            if j in failed:
+                for i in rows:
+                    errors[i] = failed[j]
+                continue
+            out[rows] = vectors[j]
+            if use_cache:
+                self._cache.put((self.sha256, prefix, text), vectors[j])
+        return out, errors
+
+    async def embed_with_cache(self, text: str, *, query: bool = False) -> np.ndarray:
+        """Embed one text; a text seen before (same model and prefix) is answered from the cache."""
+        prefix = self.query_prefix if query else self.document_prefix
+        if isinstance(text, str):
+            hit = self._cache.get((self.sha256, prefix, text))
+            if hit is not None:
+                self.stats.cache_hits += 1
+                return hit.copy()
+        vectors = await asyncio.to_thread(self.embed, [text], query=query, use_cache=True)
+        return vectors[0]
+
+    async def stream(
+        self, texts: Sequence[str], *, query: bool = False, chunk: int | None = None
+    ) -> AsyncIterator[np.ndarray]:
+        """Yield one vector per text, in order; each chunk of texts is embedded in a worker thread."""
+        step = chunk or self.n_seq_max * 4
+        for start in range(0, len(texts), step):
+            part = texts[start : start + step]
+            try:
+                vectors = await asyncio.to_thread(self.embed, part, query=query)
+            except UnembeddableText as exc:
+                raise UnembeddableText(start + exc.index, exc.reason) from None
+            for row in vectors:
+                yield row
+
+    def tokenize(self, text: str) -> list[int]:
+        """The model's tokens for ``text``, with its special tokens (``[CLS] ... [SEP]`` for BERT)."""
+        with self._lock:
+            self._check_open()
+            return self._tokenize(text)
+
+    def close(self) -> None:
+        """Free the llama.cpp context, model and batch (also done when the object is collected)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.close()
+
+    def __enter__(self) -> LlamaEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 (interpreter shutdown: nothing useful left to do)
+            pass
+
+    # -- the work ------------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelError(str(self.info.path), "the embedder was closed; make a new one")
+
+    def _tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8", "replace")
+        lib = self._lib
+        n = lib.llama_tokenize(self._vocab, data, len(data), self._tokbuf, len(self._tokbuf), True, False)
+        if n >= 0:
+            return list(self._tokbuf[:n])
+        buf = (lib.llama_token * -n)()
+        n = lib.llama_tokenize(self._vocab, data, len(data), buf, len(buf), True, False)
+        if n < 0:
+            raise ModelError(str(self.info.path), f"llama.cpp could not tokenize a {len(data)}-byte text")
+        return list(buf[:n])
+
+    def _special_layout(self) -> tuple[int, int]:
+        """How many special tokens the tokenizer puts before and after a text (1 and 1 for BERT)."""
+        lib = self._lib
+        probe = b"hello"
+        buf = (lib.llama_token * 64)()
+        n_with = lib.llama_tokenize(self._vocab, probe, len(probe), buf, 64, True, False)
+        with_special = list(buf[:n_with])
+        n_plain = lib.llama_tokenize(self._vocab, probe, len(probe), buf, 64, False, False)
+        plain = list(buf[:n_plain])
+        for head in range(len(with_special) - len(plain) + 1):
+            if with_special[head : head + len(plain)] == plain:
+                return head, len(with_special) - head - len(plain)
+        return 0, 0
+
+    def _compute(self, texts: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+        """Vectors for ``texts`` (already prefixed), in order; failures by index."""
+        failed: dict[int, str] = {}
+        seqs: list[tuple[int, list[int]]] = []
+        for j, text in enumerate(texts):
+            tokens = self._tokenize(text)
+            if len(tokens) <= self._head + self._tail:
+                failed[j] = "no tokens to embed (only control or unknown characters)"
+                continue
+            if len(tokens) > self.max_tokens:
+                keep = self.max_tokens - self._tail
+                tokens = tokens[:keep] + (tokens[-self._tail :] if self._tail else [])
+                self.stats.truncated += 1
+            seqs.append((j, tokens))
+        vectors = np.zeros((len(texts), self._dim), dtype=np.float32)
+        seqs.sort(key=lambda s: len(s[1]), reverse=True)
+        batch: list[tuple[int, list[int]]] = []
+        used = 0
+        for item in seqs:
+            if batch and (used + len(item[1]) > self.n_ubatch or len(batch) >= self.n_seq_max):
+                self._decode(batch, vectors)
+                batch, used = [], 0
+            batch.append(item)
+            used += len(item[1])
+        if batch:
+            self._decode(batch, vectors)
+        self.stats.texts += len(seqs)
+        return vectors, failed
+
+    def _decode(self, batch: list[tuple[int, list[int]]], vectors: np.ndarray) -> None:
+        lib, b = self._lib, self._batch
+        n = 0
+        for seq, (_, tokens) in enumerate(batch):
+            for pos, tok in enumerate(tokens):
+                b.token[n] = tok
+                b.pos[n] = pos
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = seq
+                b.logits[n] = 1  # embeddings need every token as an output
+                n += 1
+        b.n_tokens = n
+        if self._memory is not None:
+            lib.llama_memory_clear(self._memory, True)
+        status = lib.llama_decode(self._llm.ctx, b)
+        if status != 0:
+            raise ModelError(
+                str(self.info.path),
+                f"llama_decode failed with status {status} ({_DECODE_STATUS.get(status, 'fatal error')})",
+            )
+        ctx, n_embd, dim = self._llm.ctx, self.n_embd, self._dim
+        for seq, (j, _) in enumerate(batch):
+            ptr = lib.llama_get_embeddings_seq(ctx, seq)
+            if not ptr:
+                raise ModelError(
+                    str(self.info.path), f"llama.cpp returned no pooled embedding for sequence {seq}"
+                )
+            vec = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_embd,))
+            vec = vec[:dim].astype(np.float32)
+            norm = float(np.linalg.norm(vec))
+            vectors[j] = vec / norm if norm > 0 else vec
+        self.stats.tokens += n
+        self.stats.batches += 1
+
+
+def _unembeddable(text: object) -> str | None:
+    """Why ``text`` cannot be embedded, or ``None`` if it can."""
+    if text is None:
+        return "text is None (NULL)"
+    if not isinstance(text, str):
+        return f"expected a string, got {type(text).__name__}"
+    if not text.strip():
+        return "text is empty or whitespace-only"
+    return None
