@@ -134,8 +134,9 @@ class Coordinator:
             raise
         except Exception as e:
             log.exception("migration.error", migration=mid)
-            await self._db(lambda c: mig.set_state(c, mid, "failed", phase="error", reason=f"{type(e).__name__}: {e}"))
-            return {"state": "failed", "reason": str(e)}
+            reason = f"{type(e).__name__}: {e}"
+            await self._db(lambda c: mig.set_state(c, mid, "failed", phase="error", reason=reason))
+            return {"state": "failed", "reason": reason}
 
     async def after_backfill(self, m: mig.Migration) -> dict[str, Any] | None:
         """Validate (and with ``rollout.auto`` roll out step by step); a failed gate rolls back.
@@ -192,7 +193,8 @@ class Coordinator:
             if not shards:
                 pending = await self._db(
                     lambda c: c.execute(
-                        "SELECT count(*) FROM swarm.shards WHERE migration_id = %s AND state = 'pending'", [mid]
+                        "SELECT count(*) FROM swarm.shards WHERE migration_id = %s AND state = 'pending'",
+                        [mid],
                     ).fetchone()[0],
                     "pending",
                 )
@@ -220,8 +222,15 @@ class Coordinator:
                     ),
                     "release",
                 )
-                log.warning("shard.failed", migration=mid, shard=shard_id, worker=worker, attempt=attempt,
-                            reason=reason, now=state)
+                log.warning(
+                    "shard.failed",
+                    migration=mid,
+                    shard=shard_id,
+                    worker=worker,
+                    attempt=attempt,
+                    reason=reason,
+                    now=state,
+                )
                 self.events.append({"t": time.time(), "shard": shard_id, "worker": worker, "reason": reason})
                 if died:
                     returning[asyncio.ensure_future(self._await_worker(worker))] = worker
@@ -260,15 +269,14 @@ class Coordinator:
                     raise errors[0]
                 if not done:
                     break
-            missing = await self._db(
-                lambda c: c.execute(m.target.missing_ids(), [mid, 10_000]).fetchall(), "missing"
-            )
+            missing = await self._db(lambda c: c.execute(m.target.missing_ids(), [mid, 10_000]).fetchall(), "missing")
             if not missing:
                 return
             # Rows with no vector and no queue entry (inserted with the trigger missing, or skipped): queue them.
+            rows = [(mid, r[0]) for r in missing]
             await self._db(
-                lambda c: c.cursor().executemany(
-                    "INSERT INTO swarm.changes (migration_id, row_id) VALUES (%s, %s)", [(mid, r[0]) for r in missing]
+                lambda c, rows=rows: c.cursor().executemany(
+                    "INSERT INTO swarm.changes (migration_id, row_id) VALUES (%s, %s)", rows
                 ),
                 "enqueue_missing",
             )
@@ -300,8 +308,11 @@ class Coordinator:
         result = await self._complete(m)
         # The scratch column and its trigger go: a rehearsal leaves the table as it found it.
         await asyncio.to_thread(
-            mig.run_ddl, self.db, [*m.target.drop_sync(m.id), m.target.drop_column()],
-            lock_timeout_ms=self.cfg.swarm.lock_timeout_ms, retries=self.cfg.swarm.ddl_retries,
+            mig.run_ddl,
+            self.db,
+            [*m.target.drop_sync(m.id), m.target.drop_column()],
+            lock_timeout_ms=self.cfg.swarm.lock_timeout_ms,
+            retries=self.cfg.swarm.ddl_retries,
         )
         return result
 

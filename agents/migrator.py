@@ -107,7 +107,9 @@ class DataMigrator:
 
     kind = "data-migrator"
 
-    def __init__(self, name: str, payload: dict[str, Any], *, rehearse: bool = False, n_threads: int | None = None) -> None:
+    def __init__(
+        self, name: str, payload: dict[str, Any], *, rehearse: bool = False, n_threads: int | None = None
+    ) -> None:
         configure(json=True, actor=name)
         self.name = name
         self.cfg = Config.from_payload(payload)
@@ -140,8 +142,12 @@ class DataMigrator:
         self.model_mb = max(0.0, rss_mb() - rss_before)
         self._migrations: dict[int, mig.Migration] = {}
         self._register()
-        log.info("migrator.ready", model=getattr(self.embedder, "model_id", "?"), rss_mb=round(rss_mb(), 1),
-                 model_mb=round(self.model_mb, 1))
+        log.info(
+            "migrator.ready",
+            model=getattr(self.embedder, "model_id", "?"),
+            rss_mb=round(rss_mb(), 1),
+            model_mb=round(self.model_mb, 1),
+        )
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
     def _register(self, state: str = "idle") -> None:
@@ -153,8 +159,16 @@ class DataMigrator:
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, "
                 "pid = EXCLUDED.pid, model_id = EXCLUDED.model_id, rss_mb = EXCLUDED.rss_mb, "
                 "model_mb = EXCLUDED.model_mb, state = EXCLUDED.state, seen_at = now()",
-                [self.name, self.kind, socket.gethostname(), os.getpid(),
-                 getattr(self.embedder, "model_id", "?"), rss_mb(), self.model_mb, state],
+                [
+                    self.name,
+                    self.kind,
+                    socket.gethostname(),
+                    os.getpid(),
+                    getattr(self.embedder, "model_id", "?"),
+                    rss_mb(),
+                    self.model_mb,
+                    state,
+                ],
             )
 
         self.db.run(go, what="register")
@@ -210,8 +224,12 @@ class DataMigrator:
             if not m.rehearsal and m.dimension != self.embedder.dim:
                 from swarm.errors import DimensionMismatch
 
-                raise DimensionMismatch(self.cfg.embedding.model_path, m.dimension, self.embedder.dim,
-                                        where="the migration's column")
+                raise DimensionMismatch(
+                    self.cfg.embedding.model_path,
+                    m.dimension,
+                    self.embedder.dim,
+                    where="the migration's column",
+                )
         return self._migrations[mid]
 
     # -- the work ------------------------------------------------------------------------------------------
@@ -238,7 +256,7 @@ class DataMigrator:
             try:
                 while not stop.is_set():
                     q, params = m.target.read_batch(after, hi, batch_size)
-                    got = self.db.run(lambda c: c.execute(q, params).fetchall(), what="read_batch")
+                    got = self.db.run(lambda c, q=q, p=params: c.execute(q, p).fetchall(), what="read_batch")
                     if not got:
                         reader.put(None)
                         return
@@ -326,7 +344,13 @@ class DataMigrator:
         ids = [b.ids[i] for i in ok]
         md5s = [content_md5(b.texts[i]) for i in ok]  # type: ignore[arg-type]
         written = write_vectors(
-            conn, m.target, ids, md5s, vectors[ok] if ok else vectors[:0], column_type=m.column_type, dim=m.dimension
+            conn,
+            m.target,
+            ids,
+            md5s,
+            vectors[ok] if ok else vectors[:0],
+            column_type=m.column_type,
+            dim=m.dimension,
         )
         if ids:
             conn.execute("DELETE FROM swarm.dead_letters WHERE migration_id = %s AND row_id = ANY(%s)", [m.id, ids])
@@ -337,7 +361,12 @@ class DataMigrator:
                     "VALUES (%s, %s, %s, %s) ON CONFLICT (migration_id, row_id) DO UPDATE "
                     "SET reason = EXCLUDED.reason, content_md5 = EXCLUDED.content_md5, at = now()",
                     [
-                        (m.id, b.ids[i], errors[i], content_md5(b.texts[i]) if b.texts[i] is not None else None)
+                        (
+                            m.id,
+                            b.ids[i],
+                            errors[i],
+                            content_md5(b.texts[i]) if b.texts[i] is not None else None,
+                        )
                         for i in bad
                     ],
                 )
@@ -368,8 +397,16 @@ class DataMigrator:
             self.metrics.inc("cache_hits", est.cache_hits - self._last_hits, m.id)
             self.metrics.inc("cache_misses", est.cache_misses - self._last_misses, m.id)
             self._last_hits, self._last_misses = est.cache_hits, est.cache_misses
-        log.info("batch.committed", migration=m.id, shard=shard_id, batch=self.stats.batches, rows=len(ok),
-                 failed=len(bad), written=written, embed_s=round(embed_s, 3))
+        log.info(
+            "batch.committed",
+            migration=m.id,
+            shard=shard_id,
+            batch=self.stats.batches,
+            rows=len(ok),
+            failed=len(bad),
+            written=written,
+            embed_s=round(embed_s, 3),
+        )
         return len(ok), len(bad)
 
     _last_hits = 0
@@ -406,9 +443,7 @@ class DataMigrator:
                 if not claimed:
                     return 0
                 row_ids = sorted({r[1] for r in claimed})
-                rows = conn.execute(
-                    m.target.read_rows_needing(), [row_ids]
-                ).fetchall()
+                rows = conn.execute(m.target.read_rows_needing(), [row_ids]).fetchall()
                 if rows:
                     b = _Batch([r[0] for r in rows], [r[1] for r in rows], rows[-1][0])
                     t0 = time.monotonic()

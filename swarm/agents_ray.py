@@ -45,8 +45,14 @@ def coordinator(payload: dict[str, Any]) -> Any:
         return existing
     cls = ray.remote(Coordinator)
     return cls.options(
-        name=COORDINATOR, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_task_retries=0,
-        num_cpus=0, max_concurrency=1000, get_if_exists=True,
+        name=COORDINATOR,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        max_restarts=-1,
+        max_task_retries=0,
+        num_cpus=0,
+        max_concurrency=1000,
+        get_if_exists=True,
     ).remote(_payload_ref(payload))
 
 
@@ -54,7 +60,9 @@ def threads_per_migrator(cfg_threads: int | None, migrators: int) -> int:
     return cfg_threads or max(1, (os.cpu_count() or 1) // max(1, migrators))
 
 
-def spawn_migrators(payload: dict[str, Any], count: int, *, rehearse: bool = False, threads: int | None = None) -> list[str]:
+def spawn_migrators(
+    payload: dict[str, Any], count: int, *, rehearse: bool = False, threads: int | None = None
+) -> list[str]:
     """Start ``count`` more data-migrators; each loads its own model. Returns the new names (ready)."""
     import ray
 
@@ -66,8 +74,15 @@ def spawn_migrators(payload: dict[str, Any], count: int, *, rehearse: bool = Fal
     cls = ray.remote(DataMigrator)
     handles = [
         cls.options(
-            name=n, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_task_retries=0,
-            num_cpus=0, max_concurrency=4, scheduling_strategy="SPREAD", get_if_exists=True,
+            name=n,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            max_restarts=-1,
+            max_task_retries=0,
+            num_cpus=0,
+            max_concurrency=4,
+            scheduling_strategy="SPREAD",
+            get_if_exists=True,
         ).remote(n, _payload_ref(payload), rehearse=rehearse, n_threads=threads)
         for n in names
     ]
@@ -89,7 +104,12 @@ def spawn_validators(payload: dict[str, Any], count: int) -> list[str]:
     cls = ray.remote(Validator)
     handles = [
         cls.options(
-            name=n, namespace=NAMESPACE, lifetime="detached", max_restarts=-1, num_cpus=0, get_if_exists=True,
+            name=n,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            max_restarts=-1,
+            num_cpus=0,
+            get_if_exists=True,
         ).remote(n, _payload_ref(payload))
         for n in names
     ]

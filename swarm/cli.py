@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from swarm.errors import EXIT_USAGE, SwarmError
+from swarm.errors import SwarmError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local head node)")
 
     sp = cmd("spawn", "add named, detached agents to the swarm")
-    sp.add_argument("--type", required=True, dest="kind", choices=["migration-coordinator", "data-migrator", "validator"])
+    sp.add_argument(
+        "--type", required=True, dest="kind", choices=["migration-coordinator", "data-migrator", "validator"]
+    )
     sp.add_argument("--count", type=int, default=1)
 
     sp = cmd("orchestrate", "run a migration to its end (init and spawn first if no swarm exists)")

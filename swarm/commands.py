@@ -23,7 +23,15 @@ from typing import Any
 from swarm import migration as mig
 from swarm.config import Config, load_config
 from swarm.db import Database, embedded_server, resolve_dsn, stop_embedded
-from swarm.errors import EXIT_FAILED, EXIT_OK, EXIT_ROLLED_BACK, ConfigError, ModelError, SwarmError, UsageError
+from swarm.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_ROLLED_BACK,
+    ConfigError,
+    ModelError,
+    SwarmError,
+    UsageError,
+)
 from swarm.log import get_logger
 
 log = get_logger()
@@ -66,8 +74,9 @@ def model_inspect(path: str) -> Any:
     return read_info(path)
 
 
-def model_embed(model: str, texts: list[str], *, query: bool = False, prefix: str | None = None,
-                cfg: Config | None = None) -> Any:
+def model_embed(
+    model: str, texts: list[str], *, query: bool = False, prefix: str | None = None, cfg: Config | None = None
+) -> Any:
     """Embed ``texts`` with the GGUF at ``model``; prefixes from the config when it names that model."""
     from model.embedder import LlamaEmbedder
 
@@ -91,8 +100,9 @@ def model_pull(url: str, sha256: str, to: str = "model") -> Path:
 # --------------------------------------------------------------------------------------------------------------
 # demo
 # --------------------------------------------------------------------------------------------------------------
-def demo_seed(cfg: Config, *, limit: int | None = None, queries: int = 600, force: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+def demo_seed(
+    cfg: Config, *, limit: int | None = None, queries: int = 600, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
     from swarm.seed import seed
 
     for p in (cfg.legacy.model_path,):
@@ -115,8 +125,11 @@ def preflight(cfg: Config, db: Database, *, rehearse: bool = False) -> tuple[Any
         check_dimension(info, cfg.embedding.dimension)
     table = db.run(lambda c: mig.inspect_table(c, cfg), what="inspect")
     if table.legacy_dim is None:
-        raise ConfigError("database.legacy_column", cfg.database.legacy_column,
-                          f"is {table.legacy_type}, not a vector column")
+        raise ConfigError(
+            "database.legacy_column",
+            cfg.database.legacy_column,
+            f"is {table.legacy_type}, not a vector column",
+        )
     legacy_path = cfg.path(cfg.legacy.model_path)
     if legacy_path.exists():
         from model.gguf_info import read_info
@@ -124,13 +137,17 @@ def preflight(cfg: Config, db: Database, *, rehearse: bool = False) -> tuple[Any
         legacy = read_info(str(legacy_path))
         if legacy.n_embd != table.legacy_dim:
             raise ConfigError(
-                "database.legacy_column", cfg.database.legacy_column,
+                "database.legacy_column",
+                cfg.database.legacy_column,
                 f"holds vector({table.legacy_dim}) but the legacy model {legacy_path.name} gives {legacy.n_embd} "
                 "dims; point [legacy].model_path at the model that filled this column",
             )
     elif cfg.swarm.validators > 0 and not rehearse:
-        raise ModelError(str(legacy_path), "no such file ([legacy].model_path, needed by validators); "
-                                           "run `python -m swarm model prepare` or set swarm.validators = 0")
+        raise ModelError(
+            str(legacy_path),
+            "no such file ([legacy].model_path, needed by validators); "
+            "run `python -m swarm model prepare` or set swarm.validators = 0",
+        )
     server = mig.init_schema(db)  # the first write, after every check passed
     return info, table, server
 
@@ -154,8 +171,9 @@ def init(cfg: Config, *, topology: str = "hierarchical", address: str | None = N
     db.close()
     from swarm import agents_ray, runtime
 
-    record = runtime.connect(cfg.state_dir, address or cfg.swarm.ray_address or None,
-                             dashboard_host=cfg.swarm.dashboard_host)
+    record = runtime.connect(
+        cfg.state_dir, address or cfg.swarm.ray_address or None, dashboard_host=cfg.swarm.dashboard_host
+    )
     coord = agents_ray.coordinator(_payload(cfg, dsn))
     import ray
 
@@ -276,10 +294,15 @@ def orchestrate(
     else:
         dim = cfg.new_dimension if rehearse else (cfg.embedding.truncate_dim or info.n_embd)
         m = mig.plan(
-            db, cfg, name=name,
+            db,
+            cfg,
+            name=name,
             model_id="rehearsal-stand-in" if rehearse else cfg.embedding.model,
             model_sha256="rehearsal" if rehearse else info.sha256,
-            dimension=dim, server=server, table=table, rehearse=rehearse,
+            dimension=dim,
+            server=server,
+            table=table,
+            rehearse=rehearse,
         )
     ray.get(coord.start.remote(m.id))
     if detach:
@@ -307,8 +330,15 @@ def status(cfg: Config) -> dict[str, Any]:
     db = Database(dsn)
     m = db.run(lambda c: mig.latest(c, cfg), what="latest")
     if m is None:
-        return {"migration": None, "state": "none", "rows_total": 0, "rows_done": 0, "rows_failed": 0,
-                "shards": [], "rollout_percent": 0.0}
+        return {
+            "migration": None,
+            "state": "none",
+            "rows_total": 0,
+            "rows_done": 0,
+            "rows_failed": 0,
+            "shards": [],
+            "rollout_percent": 0.0,
+        }
     st = db.run(lambda c: mig.status(c, m), what="status")
     st["agents"] = db.run(
         lambda c: [
@@ -419,21 +449,31 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd == "demo":
         r = demo_seed(cfg, limit=args.limit, queries=args.queries, force=args.force, progress=sys.stderr.isatty())
         verb = "seeded" if r["created"] else "already seeded"
-        _out(f"{verb}: {r['table']} with {r['rows']} documents, {r['queries']} queries"
-             + (f" in {r['seconds']} s" if r.get("seconds") else ""))
+        _out(
+            f"{verb}: {r['table']} with {r['rows']} documents, {r['queries']} queries"
+            + (f" in {r['seconds']} s" if r.get("seconds") else "")
+        )
         return EXIT_OK
     if cmd == "init":
         r = init(cfg, topology=args.topology, address=args.address)
-        _out(f"swarm ready: ray {r['ray_address']}, dashboard {r.get('dashboard') or '-'}, coordinator up, "
-             f"pgvector {r['pgvector']}")
+        _out(
+            f"swarm ready: ray {r['ray_address']}, dashboard {r.get('dashboard') or '-'}, coordinator up, "
+            f"pgvector {r['pgvector']}"
+        )
         return EXIT_OK
     if cmd == "spawn":
         names = spawn(cfg, args.kind, args.count)
         _out("spawned: " + ", ".join(names))
         return EXIT_OK
     if cmd == "orchestrate":
-        return orchestrate(cfg, args.name, detach=args.detach, rehearse=args.rehearse,
-                           progress=not args.no_progress, verbose=True)
+        return orchestrate(
+            cfg,
+            args.name,
+            detach=args.detach,
+            rehearse=args.rehearse,
+            progress=not args.no_progress,
+            verbose=True,
+        )
     if cmd == "status":
         from swarm.progress import render_status
 
@@ -449,9 +489,11 @@ def dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "rollback":
         r = rollback(cfg, reason=args.reason, keep_data=args.keep_data)
-        _out(f"rolled back migration {r['migration']}: share 0% in {r['share_zero_seconds']} s, "
-             f"{'new column dropped' if r['dropped_column'] else 'new column kept'}, "
-             f"legacy column {'unchanged' if r['legacy_intact'] else 'CHANGED'} ({r['legacy_checksum']})")
+        _out(
+            f"rolled back migration {r['migration']}: share 0% in {r['share_zero_seconds']} s, "
+            f"{'new column dropped' if r['dropped_column'] else 'new column kept'}, "
+            f"legacy column {'unchanged' if r['legacy_intact'] else 'CHANGED'} ({r['legacy_checksum']})"
+        )
         return EXIT_OK if r["legacy_intact"] else EXIT_FAILED
     raise UsageError(f"unknown command {cmd}")
 

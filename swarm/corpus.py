@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Packages whose functions are tests, generated tables or duplicates of others.
-_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "lib2to3", "__pycache__", "turtledemo", "ensurepip"}
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idle_test",
+    "site-packages",
+    "lib2to3",
+    "__pycache__",
+    "turtledemo",
+    "ensurepip",
+}
 _SENTENCE = re.compile(r"^(.+?[.!?])(\s|$)", re.S)
 
 
@@ -60,9 +69,7 @@ def _module_name(root: Path, path: Path) -> str:
 def iter_functions(stdlib: Path | None = None, max_chars: int = 6000) -> Iterator[tuple[str, str, str]]:
     """(qualified name, source without docstring, first docstring sentence) in a stable order."""
     root = Path(stdlib or sysconfig.get_paths()["stdlib"])
-    files = sorted(
-        p for p in root.rglob("*.py") if not (set(p.relative_to(root).parts[:-1]) & _SKIP_DIRS)
-    )
+    files = sorted(p for p in root.rglob("*.py") if not (set(p.relative_to(root).parts[:-1]) & _SKIP_DIRS))
     for path in files:
         try:
             source = path.read_text(encoding="utf-8")

@@ -100,9 +100,7 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "swarm
     from swarm.config import redact_dsn
 
     try:
-        conn = psycopg.connect(
-            dsn, autocommit=autocommit, application_name=application_name, connect_timeout=10, **kw
-        )
+        conn = psycopg.connect(dsn, autocommit=autocommit, application_name=application_name, connect_timeout=10, **kw)
     except psycopg.OperationalError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {first}") from None

@@ -29,9 +29,7 @@ def configure(level: str | None = None, *, json: bool | None = None, **context: 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
         ]
-        renderer: Any = (
-            structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-        )
+        renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
         log_file = os.environ.get("SWARM_LOG_FILE")
         if log_file:
             processors.append(_TeeJSON(log_file))

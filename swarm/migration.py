@@ -100,7 +100,9 @@ def inspect_table(conn: psycopg.Connection, cfg: Config) -> TableInfo:
     for key in ("content_column", "legacy_column"):
         col = getattr(dbc, key)
         if col not in cols:
-            raise ConfigError(f"database.{key}", col, f"no such column in {dbc.table}; columns: {', '.join(sorted(cols))}")
+            raise ConfigError(
+                f"database.{key}", col, f"no such column in {dbc.table}; columns: {', '.join(sorted(cols))}"
+            )
     content_type = cols[dbc.content_column]
     if content_type not in ("text", "character varying") and not content_type.startswith("character varying"):
         raise ConfigError("database.content_column", dbc.content_column, f"is {content_type}; it must be text")
@@ -172,13 +174,45 @@ _COLUMNS = (
 
 
 def _from_row(r: tuple[Any, ...]) -> Migration:
-    (mid, name, state, phase, table, idc, ktype, content, legacy, new, ctype, dim, model_id, sha, rows, pct, ix,
-     chk, rehearsal, reason, config) = r
+    (
+        mid,
+        name,
+        state,
+        phase,
+        table,
+        idc,
+        ktype,
+        content,
+        legacy,
+        new,
+        ctype,
+        dim,
+        model_id,
+        sha,
+        rows,
+        pct,
+        ix,
+        chk,
+        rehearsal,
+        reason,
+        config,
+    ) = r
     return Migration(
-        id=mid, name=name, state=state, phase=phase,
+        id=mid,
+        name=name,
+        state=state,
+        phase=phase,
         target=Target(table, idc, content, legacy, new, ktype),
-        column_type=ctype, dimension=dim, model_id=model_id, model_sha256=sha, rows_total=rows,
-        rollout_percent=pct, index_name=ix, legacy_checksum=chk, rehearsal=rehearsal, reason=reason,
+        column_type=ctype,
+        dimension=dim,
+        model_id=model_id,
+        model_sha256=sha,
+        rows_total=rows,
+        rollout_percent=pct,
+        index_name=ix,
+        legacy_checksum=chk,
+        rehearsal=rehearsal,
+        reason=reason,
         config=config,
     )
 
@@ -209,7 +243,9 @@ def latest(conn: psycopg.Connection, cfg: Config | None = None, *, rehearse: boo
     return _from_row(r) if r else None
 
 
-def set_state(conn: psycopg.Connection, mid: int, state: str, *, phase: str | None = None, reason: str | None = None) -> None:
+def set_state(
+    conn: psycopg.Connection, mid: int, state: str, *, phase: str | None = None, reason: str | None = None
+) -> None:
     conn.execute(
         "UPDATE swarm.migrations SET state = %s, phase = coalesce(%s, phase), reason = coalesce(%s, reason), "
         "started_at = CASE WHEN %s = 'running' THEN coalesce(started_at, now()) ELSE started_at END, "
@@ -292,7 +328,10 @@ def plan(
     target = target_for(cfg, table.key_type, rehearse=rehearse)
     if not rehearse and table.new_dim is not None and table.new_dim != dimension:
         raise DimensionMismatch(
-            f"{cfg.database.table}.{cfg.database.new_column}", table.new_dim, dimension, where="the existing column"
+            f"{cfg.database.table}.{cfg.database.new_column}",
+            table.new_dim,
+            dimension,
+            where="the existing column",
         )
     checksum = legacy_checksum(conn, target)
     with conn.transaction():
@@ -302,20 +341,43 @@ def plan(
             "rehearsal) VALUES (%s, 'planned', 'plan', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "RETURNING id",
             [
-                name, target.table, target.id_column, target.key_type, target.content_column,
-                target.legacy_column, target.new_column, column_type, dimension, model_id, model_sha256,
-                json.dumps(cfg.public_dict()), checksum, rehearse,
+                name,
+                target.table,
+                target.id_column,
+                target.key_type,
+                target.content_column,
+                target.legacy_column,
+                target.new_column,
+                column_type,
+                dimension,
+                model_id,
+                model_sha256,
+                json.dumps(cfg.public_dict()),
+                checksum,
+                rehearse,
             ],
         ).fetchone()[0]
     ddl: list[sql.Composable] = []
     if rehearse:
         ddl.append(target.drop_column())
-    ddl += [target.add_column(column_type, dimension), target.create_sync_function(mid), target.create_sync_trigger(mid)]
+    ddl += [
+        target.add_column(column_type, dimension),
+        target.create_sync_function(mid),
+        target.create_sync_trigger(mid),
+    ]
     attempts = run_ddl(db, ddl, lock_timeout_ms=cfg.swarm.lock_timeout_ms, retries=cfg.swarm.ddl_retries)
     rows = make_shards(db, mid, target, cfg.swarm.shard_rows)
     with conn.transaction():
         conn.execute("UPDATE swarm.migrations SET rows_total = %s, updated_at = now() WHERE id = %s", [rows, mid])
-        event(conn, mid, "planned", rows=rows, column_type=column_type, dimension=dimension, ddl_attempts=attempts)
+        event(
+            conn,
+            mid,
+            "planned",
+            rows=rows,
+            column_type=column_type,
+            dimension=dimension,
+            ddl_attempts=attempts,
+        )
     log.info("migration.planned", migration=mid, rows=rows, column_type=column_type, dimension=dimension)
     return load(conn, mid)
 
@@ -360,7 +422,9 @@ def claim_shard(conn: psycopg.Connection, mid: int, worker: str) -> tuple[int, i
     return (r[0], r[1]) if r else None
 
 
-def release_shard(conn: psycopg.Connection, mid: int, shard_id: int, attempt: int, *, error: str, max_attempts: int) -> str:
+def release_shard(
+    conn: psycopg.Connection, mid: int, shard_id: int, attempt: int, *, error: str, max_attempts: int
+) -> str:
     """A shard's run failed: back to pending (it resumes from its checkpoint), or ``failed`` once it has failed
     ``max_attempts`` times. Returns the new state."""
     r = conn.execute(
@@ -414,7 +478,8 @@ def build_index(db: Database, m: Migration, method: str, server: ServerInfo) -> 
     db.run(go, what="create_index")
     name = m.target.index_name(m.id)
     db.run(
-        lambda c: c.execute("UPDATE swarm.migrations SET index_name = %s WHERE id = %s", [name, m.id]), what="ix"
+        lambda c: c.execute("UPDATE swarm.migrations SET index_name = %s WHERE id = %s", [name, m.id]),
+        what="ix",
     )
     return name
 
@@ -498,8 +563,14 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
         "reason": m.reason,
         "shards": [
             {
-                "id": s[0], "state": s[1], "rows_done": int(s[2]), "rows_failed": int(s[3]),
-                "rows_planned": int(s[4]), "worker": s[5], "attempts": int(s[6]), "error": s[7],
+                "id": s[0],
+                "state": s[1],
+                "rows_done": int(s[2]),
+                "rows_failed": int(s[3]),
+                "rows_planned": int(s[4]),
+                "worker": s[5],
+                "attempts": int(s[6]),
+                "error": s[7],
             }
             for s in shards
         ],
@@ -508,7 +579,8 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
 
 def dead_letters(conn: psycopg.Connection, mid: int, limit: int = 100) -> list[dict[str, Any]]:
     rows = conn.execute(
-        "SELECT row_id, reason FROM swarm.dead_letters WHERE migration_id = %s ORDER BY at LIMIT %s", [mid, limit]
+        "SELECT row_id, reason FROM swarm.dead_letters WHERE migration_id = %s ORDER BY at LIMIT %s",
+        [mid, limit],
     ).fetchall()
     return [{"row_id": r[0], "reason": r[1]} for r in rows]
 
@@ -561,8 +633,15 @@ def rollback(db: Database, m: Migration, cfg: Config, *, reason: str, keep_data:
         with conn.transaction():
             conn.execute("DELETE FROM swarm.changes WHERE migration_id = %s", [m.id])
             set_state(conn, m.id, "rolled_back", phase="rolled_back", reason=reason)
-            event(conn, m.id, "rollback", reason=reason, keep_data=keep_data, legacy_intact=intact,
-                  share_zero_seconds=round(share_zero_s, 3))
+            event(
+                conn,
+                m.id,
+                "rollback",
+                reason=reason,
+                keep_data=keep_data,
+                legacy_intact=intact,
+                share_zero_seconds=round(share_zero_s, 3),
+            )
 
     db.run(record, what="rollback_record")
     log.warning("migration.rolled_back", migration=m.id, reason=reason, legacy_intact=intact)

@@ -41,7 +41,9 @@ def render_status(st: dict[str, Any]) -> str:
         by_state[s["state"]] = by_state.get(s["state"], 0) + 1
     lines.append("  shards    " + ", ".join(f"{n} {k}" for k, n in sorted(by_state.items())))
     for a in st.get("agents", []):
-        lines.append(f"  agent     {a['name']:<18} {a['kind']:<16} {a['state'] or '-':<8} rss {a['rss_mb'] or 0:.0f} MB")
+        lines.append(
+            f"  agent     {a['name']:<18} {a['kind']:<16} {a['state'] or '-':<8} rss {a['rss_mb'] or 0:.0f} MB"
+        )
     for d in st.get("dead_letters", [])[:5]:
         lines.append(f"  dead      row {d['row_id']}: {d['reason']}")
     return "\n".join(lines)
@@ -64,8 +66,15 @@ def summary(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def watch(db: Database, m: mig.Migration, *, coord: Any = None, live: bool = True, quiet: bool = False,
-          poll: float = 0.5) -> dict[str, Any]:
+def watch(
+    db: Database,
+    m: mig.Migration,
+    *,
+    coord: Any = None,
+    live: bool = True,
+    quiet: bool = False,
+    poll: float = 0.5,
+) -> dict[str, Any]:
     """Follow a migration until it ends; re-kick the coordinator if Ray restarted it. Returns the final status."""
     import ray
 
@@ -78,7 +87,7 @@ def watch(db: Database, m: mig.Migration, *, coord: Any = None, live: bool = Tru
     try:
         while True:
             mm = db.run(lambda c: mig.load(c, m.id), what="load")
-            st = db.run(lambda c: mig.status(c, mm), what="status")
+            st = db.run(lambda c, mm=mm: mig.status(c, mm), what="status")
             if display:
                 display.update(st)
             elif not quiet and time.monotonic() - last_line > 5:
@@ -141,14 +150,21 @@ class _Live:
             shards.add_column(col)
         active = [s for s in st["shards"] if s["state"] != "done"][:12]
         for s in active:
-            shards.add_row(str(s["id"]), s["state"], f"{s['rows_done']}/{s['rows_planned']}", s["worker"] or "-",
-                           str(s["attempts"]))
+            shards.add_row(
+                str(s["id"]),
+                s["state"],
+                f"{s['rows_done']}/{s['rows_planned']}",
+                s["worker"] or "-",
+                str(s["attempts"]),
+            )
         done = sum(1 for s in st["shards"] if s["state"] == "done")
         parts: list[Any] = [head, bar, f"shards: {done}/{len(st['shards'])} done", shards]
         ix = st.get("index_progress")
         if ix:
-            parts.append(f"index: {ix['phase']} {ix['tuples_done'] or ix['blocks_done']}/"
-                         f"{ix['tuples_total'] or ix['blocks_total']}")
+            parts.append(
+                f"index: {ix['phase']} {ix['tuples_done'] or ix['blocks_done']}/"
+                f"{ix['tuples_total'] or ix['blocks_total']}"
+            )
         self.live.update(Group(*parts))
 
     def stop(self) -> None:

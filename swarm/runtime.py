@@ -24,7 +24,11 @@ from swarm.log import get_logger
 
 NAMESPACE = "swarm"
 COORDINATOR = "coordinator"
-KIND_PREFIX = {"data-migrator": "data-migrator", "validator": "validator", "migration-coordinator": COORDINATOR}
+KIND_PREFIX = {
+    "data-migrator": "data-migrator",
+    "validator": "validator",
+    "migration-coordinator": COORDINATOR,
+}
 
 log = get_logger()
 
@@ -67,7 +71,9 @@ def start_head(state_dir: Path, *, dashboard_host: str = "127.0.0.1", num_cpus: 
     # A temp dir of its own (short: Ray's Unix sockets live under it) lets stop_head stop this head and no other.
     temp_dir = f"/tmp/swarm-ray-{hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]}"
     cmd = [
-        _ray_bin(), "start", "--head",
+        _ray_bin(),
+        "start",
+        "--head",
         f"--port={port}",
         "--node-ip-address=127.0.0.1",
         f"--dashboard-host={dashboard_host}",
@@ -96,7 +102,9 @@ def start_head(state_dir: Path, *, dashboard_host: str = "127.0.0.1", num_cpus: 
     return record
 
 
-def connect(state_dir: Path, address: str | None = None, *, start: bool = True, dashboard_host: str = "127.0.0.1") -> dict[str, Any]:
+def connect(
+    state_dir: Path, address: str | None = None, *, start: bool = True, dashboard_host: str = "127.0.0.1"
+) -> dict[str, Any]:
     """Connect this process to Ray (idempotent). Returns the head record (address, dashboard, metrics port)."""
     import ray
 

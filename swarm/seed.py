@@ -107,9 +107,9 @@ def seed(
                 cp.write_row((n, q.query, [q.id]))
     lists = max(1, len(docs) // 1000)
     conn.execute(
-        sql.SQL("CREATE INDEX IF NOT EXISTS {ix} ON {t} USING ivfflat ({legacy} vector_cosine_ops) WITH (lists = {n})").format(
-            ix=sql.Identifier(f"{db.table}_{db.legacy_column}_idx"), n=sql.Literal(lists), **ids
-        )
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {ix} ON {t} USING ivfflat ({legacy} vector_cosine_ops) WITH (lists = {n})"
+        ).format(ix=sql.Identifier(f"{db.table}_{db.legacy_column}_idx"), n=sql.Literal(lists), **ids)
     )
     conn.execute(sql.SQL("ANALYZE {t}").format(t=t))
     queries_path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,10 @@ def _progress(enabled: bool, total: int) -> tuple[Any, Any] | None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     p = Progress(
-        TextColumn("seeding legacy embeddings"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("seeding legacy embeddings"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
         transient=False,
     )
     p.start()

@@ -276,9 +276,9 @@ $swarm$"""
 
     def read_rows(self) -> sql.Composable:
         """Current content of the given ids (for queued changes)."""
-        return sql.SQL(
-            "SELECT {id}::text, {content} FROM {t} WHERE {id} = ANY(CAST(%s AS {ty}[]))"
-        ).format(id=self.id, content=self.content, t=self.t, ty=self.ktype)
+        return sql.SQL("SELECT {id}::text, {content} FROM {t} WHERE {id} = ANY(CAST(%s AS {ty}[]))").format(
+            id=self.id, content=self.content, t=self.t, ty=self.ktype
+        )
 
     def read_rows_needing(self) -> sql.Composable:
         """Current content of the given ids that have no vector yet (queued changes)."""
@@ -310,7 +310,12 @@ $swarm$"""
             "UPDATE {t} AS t SET {new} = s.v FROM {s} s "
             "WHERE t.{id} = CAST(s.id AS {ty}) AND md5(t.{content}) = s.content_md5"
         ).format(
-            t=self.t, new=self.new, s=self.staging(column_type, dim), id=self.id, ty=self.ktype, content=self.content
+            t=self.t,
+            new=self.new,
+            s=self.staging(column_type, dim),
+            id=self.id,
+            ty=self.ktype,
+            content=self.content,
         )
 
     # -- completion checks ---------------------------------------------------------------------------------

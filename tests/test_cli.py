@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 
-
 def swarm_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
     full.update(env)
-    return subprocess.run([sys.executable, "-m", "swarm", *args], cwd=cwd, env=full, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "swarm", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture()

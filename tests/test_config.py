@@ -20,8 +20,14 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "swarm", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "swarm", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_demo_and_target_configs_load() -> None:
@@ -37,10 +43,16 @@ def test_demo_and_target_configs_load() -> None:
     [
         ("[embedding]\nbatchsize = 3\n", "embedding.batchsize = 3: unknown key"),
         ("[embedding]\nbatch_size = -4\n", "embedding.batch_size = -4: must be > 0"),
-        ("[swarm]\ntopology = \"mesh\"\n", "swarm.topology = 'mesh': unknown topology; supported: hierarchical"),
-        ("[database]\ntable = \"documents; DROP TABLE x\"\n", "database.table = 'documents; DROP TABLE x': not a valid"),
+        (
+            '[swarm]\ntopology = "mesh"\n',
+            "swarm.topology = 'mesh': unknown topology; supported: hierarchical",
+        ),
+        (
+            '[database]\ntable = "documents; DROP TABLE x"\n',
+            "database.table = 'documents; DROP TABLE x': not a valid",
+        ),
         ("[rollout]\nsteps = [50, 10]\n", "rollout.steps = [50, 10]: steps must be increasing"),
-        ("[database]\nnew_column = \"embedding\"\n", "new_column must differ from legacy_column"),
+        ('[database]\nnew_column = "embedding"\n', "new_column must differ from legacy_column"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, toml: str, expected: str) -> None:
@@ -90,9 +102,15 @@ def test_table_errors_change_nothing(make_config, conn: psycopg.Connection) -> N
     cases = [
         ({"database": {"table": "nopk"}}, "database.table = 'nopk': has no primary key"),
         ({"database": {"table": "missing"}}, "database.table = 'missing': no such table"),
-        ({"database": {"table": "docs", "content_column": "body"}}, "database.content_column = 'body': no such column"),
-        ({"database": {"table": "docs"}},
-         "database.legacy_column = 'embedding': holds vector(3) but the legacy model all-MiniLM-L6-v2.f16.gguf gives 384"),
+        (
+            {"database": {"table": "docs", "content_column": "body"}},
+            "database.content_column = 'body': no such column",
+        ),
+        (
+            {"database": {"table": "docs"}},
+            "database.legacy_column = 'embedding': holds vector(3) but the legacy model "
+            "all-MiniLM-L6-v2.f16.gguf gives 384",
+        ),
     ]
     for sections, expected in cases:
         cfg = make_config(**sections)
@@ -101,5 +119,7 @@ def test_table_errors_change_nothing(make_config, conn: psycopg.Connection) -> N
         assert expected in str(e.value)
     after = conn.execute("SELECT count(*) FROM information_schema.columns").fetchone()
     assert before == after, "a refused migration must not change the schema"
-    assert conn.execute("SELECT to_regclass('swarm.migrations')").fetchone()[0] is None or \
-        conn.execute("SELECT count(*) FROM swarm.migrations").fetchone()[0] == 0
+    assert (
+        conn.execute("SELECT to_regclass('swarm.migrations')").fetchone()[0] is None
+        or conn.execute("SELECT count(*) FROM swarm.migrations").fetchone()[0] == 0
+    )

@@ -40,19 +40,33 @@ def create_table(conn: psycopg.Connection, table: str, key: str, rows: int, seed
                 k = f"00000000-0000-4000-8000-{i + 1:012d}"
             elif key == "text":
                 k = f"doc-{rng.randrange(10**9):09d}-{i}"
-            cur.execute(f"INSERT INTO {table} (id, content, embedding) VALUES (%s, %s, %s)",
-                        [k, make_text(rng), np.ones(384, dtype=np.float32)])
+            cur.execute(
+                f"INSERT INTO {table} (id, content, embedding) VALUES (%s, %s, %s)",
+                [k, make_text(rng), np.ones(384, dtype=np.float32)],
+            )
 
 
-def run_in_process(cfg: Config, dsn: str, migrators: int = 2, *, rehearse: bool = False,
-                   during: Any = None) -> tuple[mig.Migration, dict[str, Any], Coordinator]:
+def run_in_process(
+    cfg: Config, dsn: str, migrators: int = 2, *, rehearse: bool = False, during: Any = None
+) -> tuple[mig.Migration, dict[str, Any], Coordinator]:
     db = Database(dsn)
     info, table, server = preflight(cfg, db, rehearse=rehearse)
-    m = mig.plan(db, cfg, name="t", model_id="m", model_sha256=info.sha256 if info else "r",
-                 dimension=cfg.new_dimension, server=server, table=table, rehearse=rehearse)
+    m = mig.plan(
+        db,
+        cfg,
+        name="t",
+        model_id="m",
+        model_sha256=info.sha256 if info else "r",
+        dimension=cfg.new_dimension,
+        server=server,
+        table=table,
+        rehearse=rehearse,
+    )
     payload = cfg.to_payload(dsn)
-    workers = {f"data-migrator-{i}": DataMigrator(f"data-migrator-{i}", payload, rehearse=rehearse, n_threads=1)
-               for i in range(migrators)}
+    workers = {
+        f"data-migrator-{i}": DataMigrator(f"data-migrator-{i}", payload, rehearse=rehearse, n_threads=1)
+        for i in range(migrators)
+    }
 
     async def call(name: str, method: str, *args: Any) -> Any:
         return await asyncio.to_thread(getattr(workers[name], method), *args)
@@ -93,8 +107,9 @@ def test_backfill_with_live_writes_and_bad_rows(make_config, dsn: str, conn: psy
     create_table(conn, "docs", "bigint", 300)
     conn.execute("INSERT INTO docs VALUES (9001, NULL, NULL), (9002, '', NULL), (9003, '   \t\n', NULL)")
     checksum_before = mig.legacy_checksum(conn, mig.target_for(make_config(database={"table": "docs"}), "bigint"))
-    cfg = make_config(database={"table": "docs"}, swarm={"shard_rows": 50, "validators": 0},
-                      embedding={"batch_size": 8})
+    cfg = make_config(
+        database={"table": "docs"}, swarm={"shard_rows": 50, "validators": 0}, embedding={"batch_size": 8}
+    )
     rng = random.Random(7)
     counts = {"insert": 0, "update": 0, "delete": 0}
 
@@ -126,17 +141,29 @@ def test_backfill_with_live_writes_and_bad_rows(make_config, dsn: str, conn: psy
     assert st["rows_failed"] == 3
     assert st["rows_done"] + st["rows_failed"] == total
     reasons = dict(conn.execute("SELECT row_id, reason FROM swarm.dead_letters").fetchall())
-    assert reasons == {"9001": "NULL content", "9002": "empty content", "9003": "whitespace-only content"} or \
-        set(reasons) == {"9001", "9002", "9003"}
+    assert reasons == {
+        "9001": "NULL content",
+        "9002": "empty content",
+        "9003": "whitespace-only content",
+    } or set(reasons) == {"9001", "9002", "9003"}
     checked = check_vectors(conn, "docs", cfg.embedding.model_path)
     assert checked == total - 3
     # The legacy column is exactly what it was (rows the app deleted aside: compare on surviving ids).
-    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NOT NULL AND embedding <> %s",
-                        [np.ones(384, dtype=np.float32)]).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM docs WHERE embedding IS NOT NULL AND embedding <> %s",
+            [np.ones(384, dtype=np.float32)],
+        ).fetchone()[0]
+        == 0
+    )
     assert checksum_before  # taken before any change
     # The ANN index exists on the new column.
-    assert conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'docs' AND indexdef LIKE '%ivfflat%'"
-                        ).fetchone() is not None
+    assert (
+        conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'docs' AND indexdef LIKE '%ivfflat%'"
+        ).fetchone()
+        is not None
+    )
 
 
 @pytest.mark.parametrize("key", ["uuid", "text"])
@@ -145,7 +172,9 @@ def test_key_types(make_config, dsn: str, conn: psycopg.Connection, key: str) ->
     cfg = make_config(database={"table": "docs"}, swarm={"shard_rows": 50, "validators": 0})
     m, result, _ = run_in_process(cfg, dsn)
     assert result["state"] == "completed"
-    shards = conn.execute("SELECT count(*), sum(rows_done) FROM swarm.shards WHERE migration_id = %s", [m.id]).fetchone()
+    shards = conn.execute(
+        "SELECT count(*), sum(rows_done) FROM swarm.shards WHERE migration_id = %s", [m.id]
+    ).fetchone()
     assert shards == (5, 230)
     assert check_vectors(conn, "docs", cfg.embedding.model_path) == 230
 
@@ -155,18 +184,28 @@ def test_quoted_mixed_case_schema_qualified_table(make_config, dsn: str, conn: p
     conn.execute('CREATE TABLE "Code"."Snippets" ("Id" int PRIMARY KEY, "Body" text, "Vec" vector(384))')
     conn.execute("""INSERT INTO "Code"."Snippets" SELECT g, 'def f' || g || '(): return ' || g, NULL
                     FROM generate_series(1, 120) g""")
-    cfg = make_config(database={"table": "Code.Snippets", "id_column": "Id", "content_column": "Body",
-                                "legacy_column": "Vec", "new_column": "NewVec"},
-                      swarm={"shard_rows": 40, "validators": 0})
+    cfg = make_config(
+        database={
+            "table": "Code.Snippets",
+            "id_column": "Id",
+            "content_column": "Body",
+            "legacy_column": "Vec",
+            "new_column": "NewVec",
+        },
+        swarm={"shard_rows": 40, "validators": 0},
+    )
     m, result, _ = run_in_process(cfg, dsn)
     assert result == {"state": "completed", "rows_total": 120, "rows_done": 120, "rows_failed": 0}
     assert conn.execute('SELECT count("NewVec") FROM "Code"."Snippets"').fetchone()[0] == 120
 
 
-def test_repeated_batch_changes_nothing_and_stale_owner_is_fenced(make_config, dsn: str, conn: psycopg.Connection) -> None:  # type: ignore[no-untyped-def]
+def test_repeated_batch_changes_nothing_and_stale_owner_is_fenced(
+    make_config, dsn: str, conn: psycopg.Connection
+) -> None:  # type: ignore[no-untyped-def]
     create_table(conn, "docs", "bigint", 64)
-    cfg = make_config(database={"table": "docs"}, swarm={"shard_rows": 64, "validators": 0},
-                      embedding={"batch_size": 16})
+    cfg = make_config(
+        database={"table": "docs"}, swarm={"shard_rows": 64, "validators": 0}, embedding={"batch_size": 16}
+    )
     db = Database(dsn)
     info, table, server = preflight(cfg, db)
     m = mig.plan(db, cfg, name="t", model_id="m", model_sha256=info.sha256, dimension=384, server=server, table=table)

@@ -27,17 +27,28 @@ from tests.test_migration import check_vectors, create_table
 
 
 @pytest.fixture(scope="module")
-def swarm_env(module_dsn: str, ray_head: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
-              minilm_q8: Path, minilm_f16: Path) -> Any:
+def swarm_env(
+    module_dsn: str,
+    ray_head: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+    minilm_q8: Path,
+    minilm_f16: Path,
+) -> Any:
     from swarm import agents_ray
 
     agents_ray.kill_all()
     root = tmp_path_factory.mktemp("swarm-root")
 
     def make(table: str, **sections: dict[str, Any]) -> Config:
-        base: dict[str, dict[str, Any]] = {"database": {"table": table},
-                                           "swarm": {"ray_address": ray_head["address"], "validators": 0,
-                                                     "migrators": 2, "threads_per_migrator": 1}}
+        base: dict[str, dict[str, Any]] = {
+            "database": {"table": table},
+            "swarm": {
+                "ray_address": ray_head["address"],
+                "validators": 0,
+                "migrators": 2,
+                "threads_per_migrator": 1,
+            },
+        }
         for k, v in sections.items():
             base.setdefault(k, {}).update(v)
         return config_for(module_dsn, root, **base)
@@ -70,8 +81,11 @@ def test_orchestrate_completes_with_named_actors_and_metrics(swarm_env: Any) -> 
             break
         time.sleep(2)
     assert "swarm_rows_migrated" in body, "swarm metrics not exported"
-    total = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                if line.startswith("ray_swarm_rows_migrated") and 'migration="' in line)
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("ray_swarm_rows_migrated") and 'migration="' in line
+    )
     assert total >= 400
 
 
@@ -138,14 +152,23 @@ def test_orchestrate_killed_then_rerun_resumes(swarm_env: Any, tmp_path: Path) -
         f'[legacy]\nmodel_path = "{REPO}/model/all-MiniLM-L6-v2.f16.gguf"\n'
         f'[swarm]\nray_address = "{head["address"]}"\nvalidators = 0\nshard_rows = 200\nthreads_per_migrator = 1\n'
     )
-    proc = subprocess.Popen([sys.executable, "-m", "swarm", "-c", str(toml), "orchestrate", "--no-progress"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "swarm", "-c", str(toml), "orchestrate", "--no-progress"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     st = _wait(cfg, lambda s: s["state"] == "running" and s["rows_done"] > 0, timeout=240)
     proc.kill()
     proc.wait()
     first_id = st["id"]
-    r = subprocess.run([sys.executable, "-m", "swarm", "-c", str(toml), "orchestrate", "--no-progress"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "swarm", "-c", str(toml), "orchestrate", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     st = commands.status(cfg)
     assert st["id"] == first_id, "the rerun must resume the same migration, not plan a new one"
@@ -177,9 +200,19 @@ def test_second_node_joins_and_hosts_migrators(swarm_env: Any) -> None:
 
     make, dsn, head = swarm_env
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    node = subprocess.run([ray_bin, "start", f"--address={head['address']}", "--num-cpus=1",
-                           "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
-                          capture_output=True, text=True, timeout=180)
+    node = subprocess.run(
+        [
+            ray_bin,
+            "start",
+            f"--address={head['address']}",
+            "--num-cpus=1",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert node.returncode == 0, node.stderr
     try:
         deadline = time.time() + 60
@@ -196,8 +229,13 @@ def test_second_node_joins_and_hosts_migrators(swarm_env: Any) -> None:
         nodes = {info["node_id"] for info in ray.get([h.info.remote() for h in handles])}
         assert len(nodes) == 2, "migrators should be spread over both nodes"
         with psycopg.connect(dsn, autocommit=True) as conn:
-            workers = {r[0] for r in conn.execute("SELECT DISTINCT worker FROM swarm.batches b JOIN swarm.migrations m "
-                                                   "ON m.id = b.migration_id WHERE m.table_name = 't_nodes'")}
+            workers = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT worker FROM swarm.batches b JOIN swarm.migrations m "
+                    "ON m.id = b.migration_id WHERE m.table_name = 't_nodes'"
+                )
+            }
         assert len(workers) >= 2
     finally:
         from swarm import agents_ray
