@@ -148,6 +148,10 @@ def preflight(cfg: Config, db: Database, *, rehearse: bool = False) -> tuple[Any
             "no such file ([legacy].model_path, needed by validators); "
             "run `python -m swarm model prepare` or set swarm.validators = 0",
         )
+    if cfg.swarm.validators > 0 and not rehearse and not cfg.validation.queries.startswith("table:"):
+        from swarm.quality import load_queries
+
+        load_queries(cfg.path(cfg.validation.queries))  # a missing or malformed query set fails now, not after
     server = mig.init_schema(db)  # the first write, after every check passed
     return info, table, server
 
@@ -317,11 +321,25 @@ def orchestrate(
         ray.get(coord.stop.remote())
         _out(f"\nmigration {m.id} paused; run orchestrate again to resume it")
         raise
+    paths = _write_report(cfg, db, m.id)
     if verbose:
         from swarm.progress import summary
 
         _out(summary(final))
+        if paths:
+            _out("report: " + ", ".join(str(p) for p in paths.values()))
     return EXIT_BY_STATE.get(final["state"], EXIT_FAILED)
+
+
+def _write_report(cfg: Config, db: Database, mid: int) -> dict[str, str]:
+    """The migration's audit report under reports/; a failure here is logged, never fatal to the migration."""
+    from swarm import report
+
+    try:
+        return report.write(cfg, db, mid)
+    except Exception:
+        log.exception("report.failed", migration=mid)
+        return {}
 
 
 def status(cfg: Config) -> dict[str, Any]:
@@ -350,6 +368,9 @@ def status(cfg: Config) -> dict[str, Any]:
         what="agents",
     )
     st["dead_letters"] = db.run(lambda c: mig.dead_letters(c, m.id, 20), what="dead_letters")
+    from swarm import alerts
+
+    st["alerts"] = db.run(lambda c: alerts.firing(c, m.id), what="alerts")
     db.close()
     return st
 
@@ -363,6 +384,11 @@ def rollback(cfg: Config, *, reason: str = "manual rollback", keep_data: bool = 
         raise UsageError(f"no migration of {cfg.database.table} to roll back")
     if m.state == "rolled_back":
         raise UsageError(f"migration {m.id} is already rolled back ({m.reason})")
+    if m.phase == "decommissioned":
+        raise UsageError(
+            f"migration {m.id} was decommissioned: the legacy column is gone and there is nothing to roll back to; "
+            "restore it from the archive table if you must"
+        )
     try:
         from swarm import runtime
 

@@ -44,6 +44,8 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(
             f"  agent     {a['name']:<18} {a['kind']:<16} {a['state'] or '-':<8} rss {a['rss_mb'] or 0:.0f} MB"
         )
+    for a in st.get("alerts", []):
+        lines.append(f"  ALERT     {a.get('name')} ({a.get('severity')}): {a.get('condition')}")
     for d in st.get("dead_letters", [])[:5]:
         lines.append(f"  dead      row {d['row_id']}: {d['reason']}")
     return "\n".join(lines)

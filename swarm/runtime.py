@@ -94,6 +94,7 @@ def start_head(state_dir: Path, *, dashboard_host: str = "127.0.0.1", num_cpus: 
         "dashboard": f"http://{dashboard_host}:{dash}",
         "metrics_port": metrics,
         "temp_dir": temp_dir,
+        "client_port": client,
         "started_by_swarm": True,
         "started_at": time.time(),
     }
@@ -136,11 +137,13 @@ def stop_head(state_dir: Path) -> bool:
     if not record or not record.get("started_by_swarm"):
         return False
     _kill_tree(record["temp_dir"])
+    if record.get("client_port"):
+        _kill_tree(f"--port={record['client_port']}", only="ray.util.client.server")
     head_file(state_dir).unlink(missing_ok=True)
     return True
 
 
-def _kill_tree(marker: str) -> None:
+def _kill_tree(marker: str, only: str | None = None) -> None:
     """Stop the processes of the head whose command lines name ``marker`` (its temp dir), and their children.
 
     ``ray stop`` would stop every Ray node on the machine, including ones swarm did not start.
@@ -150,7 +153,8 @@ def _kill_tree(marker: str) -> None:
     roots = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(marker in part for part in (p.info["cmdline"] or [])):
+            cmd = p.info["cmdline"] or []
+            if any(marker in part for part in cmd) and (only is None or any(only in part for part in cmd)):
                 roots.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -27,12 +27,19 @@ def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
+    import shutil
+    import tempfile
+
     import pgserver
 
-    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    # Not under pytest's tmp root: each new pytest session chmods /tmp/pytest-of-<user> to 0700, which would
+    # cut off the server (it runs as the `pgserver` user when we are root) in the middle of another session.
+    base = Path(tempfile.mkdtemp(prefix="swarm-test-pg-"))
+    os.chmod(base, 0o711)
+    server = pgserver.get_server(base / "pgdata", cleanup_mode="stop")
     yield str(server.get_uri())
     server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _with_db(dsn: str, dbname: str) -> str:
