@@ -139,9 +139,7 @@ def read_vocab(src: Path, n_vocab: int | None = None) -> BertVocab:
             toktypes.append(gguf.TokenType.UNUSED)
         elif token in added:
             tokens.append(token)
-            toktypes.append(
-                gguf.TokenType.CONTROL if added[token].get("special") else gguf.TokenType.USER_DEFINED
-            )
+            toktypes.append(gguf.TokenType.CONTROL if added[token].get("special") else gguf.TokenType.USER_DEFINED)
         else:
             tokens.append(token)
             toktypes.append(gguf.TokenType.NORMAL)
@@ -153,11 +151,7 @@ def read_vocab(src: Path, n_vocab: int | None = None) -> BertVocab:
     for attr in ("normalizer_lowercase", "normalizer_strip_accents"):
         if hasattr(special, attr):
             setattr(special, attr, None)
-    config = (
-        json.loads((src / "config.json").read_text(encoding="utf-8"))
-        if (src / "config.json").is_file()
-        else {}
-    )
+    config = json.loads((src / "config.json").read_text(encoding="utf-8")) if (src / "config.json").is_file() else {}
     return BertVocab(
         tokens=tokens,
         toktypes=[int(t) for t in toktypes],
@@ -246,17 +240,11 @@ def write_bert_gguf(
                 continue
             gguf_name = name_map.get_name(hf_name.removeprefix("bert."), try_suffixes=(".weight", ".bias"))
             if gguf_name is None:
-                raise ModelError(
-                    str(out), f"no GGUF name for tensor {hf_name!r}; not a plain BERT checkpoint"
-                )
+                raise ModelError(str(out), f"no GGUF name for tensor {hf_name!r}; not a plain BERT checkpoint")
             array = np.asarray(data, dtype=np.float32)
-            keep_f32 = (
-                array.ndim <= 1 or gguf_name.endswith("_norm.weight") or gguf_name.startswith(always_f32)
-            )
+            keep_f32 = array.ndim <= 1 or gguf_name.endswith("_norm.weight") or gguf_name.startswith(always_f32)
             if ftype == "f16" and not keep_f32:
-                writer.add_tensor(
-                    gguf_name, array.astype(np.float16), raw_dtype=gguf.GGMLQuantizationType.F16
-                )
+                writer.add_tensor(gguf_name, array.astype(np.float16), raw_dtype=gguf.GGMLQuantizationType.F16)
             else:
                 writer.add_tensor(gguf_name, array, raw_dtype=gguf.GGMLQuantizationType.F32)
 
@@ -269,9 +257,7 @@ def write_bert_gguf(
         raise
     writer.close()
     os.replace(tmp, out)
-    log.info(
-        "model.converted", path=str(out), name=name, ftype=ftype, pooling=pooling, bytes=out.stat().st_size
-    )
+    log.info("model.converted", path=str(out), name=name, ftype=ftype, pooling=pooling, bytes=out.stat().st_size)
     return out
 
 

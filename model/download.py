@@ -62,9 +62,7 @@ def pull(
     """
     expected = sha256.strip().lower()
     if not _HEX64.fullmatch(expected):
-        raise ModelError(
-            url, f"sha256 must be 64 hex digits, got {sha256!r}; copy it from the model's download page"
-        )
+        raise ModelError(url, f"sha256 must be 64 hex digits, got {sha256!r}; copy it from the model's download page")
     name = filename or Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
     if not name:
         raise ModelError(url, "the URL names no file; pass filename=")
@@ -81,8 +79,7 @@ def pull(
         # Not ours to delete: it may be a file the user put there on purpose.
         raise ModelError(
             str(dest),
-            f"already exists with sha256 {actual}, not {expected}; "
-            "move it away or pull into another directory",
+            f"already exists with sha256 {actual}, not {expected}; move it away or pull into another directory",
         )
 
     failures = 0

@@ -168,9 +168,7 @@ class LlamaEmbedder:
         check_embedding(self.info)
         info = self.info
         if truncate_dim is not None and not 0 < truncate_dim <= info.n_embd:
-            raise ConfigError(
-                "truncate_dim", truncate_dim, f"must be between 1 and the model's {info.n_embd}"
-            )
+            raise ConfigError("truncate_dim", truncate_dim, f"must be between 1 and the model's {info.n_embd}")
         self._dim = truncate_dim or info.n_embd
         if expected_dim is not None and expected_dim != self._dim:
             raise DimensionMismatch(str(info.path), expected_dim, self._dim)
@@ -224,9 +222,7 @@ class LlamaEmbedder:
         self.max_tokens = min(self.max_tokens, self.n_ubatch)
         self.n_embd = llama_cpp.llama_model_n_embd_out(self._llm.model)
         if self.n_embd != info.n_embd:
-            raise ModelError(
-                str(info.path), f"llama.cpp reports {self.n_embd} dimensions, the GGUF {info.n_embd}"
-            )
+            raise ModelError(str(info.path), f"llama.cpp reports {self.n_embd} dimensions, the GGUF {info.n_embd}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -259,9 +255,7 @@ class LlamaEmbedder:
         base = f"{self.info.path.name}@sha256:{self.sha256[:16]}"
         return f"{base}/dim={self.truncate_dim}" if self.truncate_dim else base
 
-    def embed(
-        self, texts: Sequence[str], *, query: bool = False, use_cache: bool | None = None
-    ) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, query: bool = False, use_cache: bool | None = None) -> np.ndarray:
         """Embed ``texts`` into an ``(n, dim)`` float32 array of unit vectors, in input order.
 
         Raises :class:`UnembeddableText` (a ``ValueError``) for the first text that cannot be embedded, before
@@ -466,9 +460,7 @@ class LlamaEmbedder:
         for seq, (j, _) in enumerate(batch):
             ptr = lib.llama_get_embeddings_seq(ctx, seq)
             if not ptr:
-                raise ModelError(
-                    str(self.info.path), f"llama.cpp returned no pooled embedding for sequence {seq}"
-                )
+                raise ModelError(str(self.info.path), f"llama.cpp returned no pooled embedding for sequence {seq}")
             vec = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_embd,))
             vec = vec[:dim].astype(np.float32)
             norm = float(np.linalg.norm(vec))

@@ -105,9 +105,7 @@ def _read_info(p: Path) -> ModelInfo:
     try:
         st = p.stat()
         if stat.S_ISDIR(st.st_mode):
-            raise ModelError(
-                str(p), "is a directory, not a GGUF file; give the path of the .gguf file inside it"
-            )
+            raise ModelError(str(p), "is a directory, not a GGUF file; give the path of the .gguf file inside it")
         with open(p, "rb") as f:
             head = f.read(8)
     except FileNotFoundError as exc:
@@ -115,9 +113,7 @@ def _read_info(p: Path) -> ModelInfo:
             str(p), "no such file; check the path (`python -m swarm model prepare` builds the MiniLM GGUFs)"
         ) from exc
     except OSError as exc:
-        raise ModelError(
-            str(p), f"cannot be read ({exc.strerror or exc}); check the path and its permissions"
-        ) from exc
+        raise ModelError(str(p), f"cannot be read ({exc.strerror or exc}); check the path and its permissions") from exc
     size = st.st_size
     if head[:4] != GGUF_MAGIC:
         shown = head[:4] if head else b"(empty file)"
@@ -158,9 +154,7 @@ def _read_info(p: Path) -> ModelInfo:
             f"use an embedding model (e.g. all-MiniLM-L6-v2, nomic-embed)",
         )
     pooling_raw = _value(fields, f"{arch}.pooling_type")
-    pooling = (
-        POOLING_NAMES.get(int(pooling_raw), f"unknown({pooling_raw})") if pooling_raw is not None else "none"
-    )
+    pooling = POOLING_NAMES.get(int(pooling_raw), f"unknown({pooling_raw})") if pooling_raw is not None else "none"
     causal_raw = _value(fields, f"{arch}.attention.causal")
     ftype_raw = _value(fields, "general.file_type")
     try:
@@ -190,8 +184,7 @@ def check_embedding(info: ModelInfo) -> None:
         return
     if info.pooling == "rank":
         reason = (
-            "is a reranker ({arch}.pooling_type = rank): it scores pairs, it does not embed; "
-            "use an embedding model"
+            "is a reranker ({arch}.pooling_type = rank): it scores pairs, it does not embed; use an embedding model"
         )
     elif not info.pooling_declared:
         reason = (

@@ -70,8 +70,6 @@ def _valid(path: Path, file_type: str) -> bool:
         log.warning("model.prepare.rebuild", path=str(path), reason=exc.reason)
         return False
     if info.file_type != file_type:
-        log.warning(
-            "model.prepare.rebuild", path=str(path), reason=f"file type {info.file_type}, not {file_type}"
-        )
+        log.warning("model.prepare.rebuild", path=str(path), reason=f"file type {info.file_type}, not {file_type}")
         return False
     return True

@@ -53,9 +53,7 @@ def quantize(
     src_path, dst_path = Path(src), Path(dst)
     key = ftype.upper()
     if key not in FTYPES:
-        raise ModelError(
-            str(dst_path), f"unknown quantization type {ftype!r}; use one of {', '.join(FTYPES)}"
-        )
+        raise ModelError(str(dst_path), f"unknown quantization type {ftype!r}; use one of {', '.join(FTYPES)}")
     if not src_path.is_file():
         raise ModelError(str(src_path), "no such file to quantize")
     dst_path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,15 +63,11 @@ def quantize(
     params.ftype = FTYPES[key]
     params.nthread = n_threads or os.cpu_count() or 1
     with _llama_log.captured() as llama_said:
-        status = llama_cpp.llama_model_quantize(
-            str(src_path).encode("utf-8"), str(tmp).encode("utf-8"), params
-        )
+        status = llama_cpp.llama_model_quantize(str(src_path).encode("utf-8"), str(tmp).encode("utf-8"), params)
     if status != 0:
         tmp.unlink(missing_ok=True)
         said = llama_said.summary() or "no message"
         raise ModelError(str(src_path), f"llama.cpp could not quantize it to {key} ({said})")
     os.replace(tmp, dst_path)
-    log.info(
-        "model.quantized", src=str(src_path), dst=str(dst_path), ftype=key, bytes=dst_path.stat().st_size
-    )
+    log.info("model.quantized", src=str(src_path), dst=str(dst_path), ftype=key, bytes=dst_path.stat().st_size)
     return dst_path

@@ -61,9 +61,7 @@ def reference() -> list[dict[str, Any]]:
     """The reference texts and their sentence-transformers vectors (``text``, ``n_tokens``, ``embedding``)."""
     path = reference_dir() / REFERENCE_NAME
     if not path.is_file():
-        pytest.fail(
-            f"{path} is missing; set SWARM_REFERENCE_DIR to the directory that holds {REFERENCE_NAME}"
-        )
+        pytest.fail(f"{path} is missing; set SWARM_REFERENCE_DIR to the directory that holds {REFERENCE_NAME}")
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 

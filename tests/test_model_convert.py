@@ -117,9 +117,7 @@ def test_quantize_refuses_an_unknown_type(tmp_path: Path, minilm_f16: Path) -> N
 def test_quantize_failure_quotes_llama_cpp_and_leaves_nothing(tmp_path: Path) -> None:
     src = tmp_path / "bad.gguf"
     src.write_bytes(b"GGUF" + b"\xff" * 64)
-    with pytest.raises(
-        ModelError, match=r"bad\.gguf: llama\.cpp could not quantize it to Q8_0 \(.*failed to quantize"
-    ):
+    with pytest.raises(ModelError, match=r"bad\.gguf: llama\.cpp could not quantize it to Q8_0 \(.*failed to quantize"):
         quantize(src, tmp_path / "out.gguf", "Q8_0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
 

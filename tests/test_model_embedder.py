@@ -151,9 +151,7 @@ def test_truncate_dim_larger_than_the_model(minilm_q8: Path) -> None:
 
 
 def test_expected_dim_mismatch_fails_before_loading(minilm_q8: Path) -> None:
-    with pytest.raises(
-        DimensionMismatch, match=r"embedding length is 384 but \[embedding\]\.dimension is 768"
-    ):
+    with pytest.raises(DimensionMismatch, match=r"embedding length is 384 but \[embedding\]\.dimension is 768"):
         LlamaEmbedder(minilm_q8, expected_dim=768)
 
 
@@ -179,9 +177,7 @@ def test_embed_many_reports_unembeddable_rows_and_embeds_the_rest(minilm_q8: Pat
             "expected a string, got bytes",
         ]
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), [1, 0, 0, 0, 1, 0], atol=1e-5)
-        np.testing.assert_allclose(
-            vectors[[0, 4]], embedder.embed(["a real sentence", "another one"]), atol=1e-6
-        )
+        np.testing.assert_allclose(vectors[[0, 4]], embedder.embed(["a real sentence", "another one"]), atol=1e-6)
 
         with pytest.raises(UnembeddableText) as caught:
             embedder.embed(["fine", "   "])

@@ -122,9 +122,7 @@ def test_gguf_without_architecture(tmp_path: Path) -> None:
 
 def test_gguf_without_embedding_length(tmp_path: Path) -> None:
     path = tiny_gguf(tmp_path / "noembd.gguf", arch="llama", context_length=64)
-    with pytest.raises(
-        ModelError, match=r"no llama\.embedding_length in the GGUF, so it cannot produce embeddings"
-    ):
+    with pytest.raises(ModelError, match=r"no llama\.embedding_length in the GGUF, so it cannot produce embeddings"):
         read_info(path)
 
 

@@ -63,8 +63,8 @@ def server() -> Iterator[Server]:
             if state.drop_first_after is not None and len(state.sent) == 0:
                 body = body[: state.drop_first_after]  # promise everything, send part, hang up
                 self.close_connection = True
+            state.sent.append(len(body))  # before writing: the client may be done before write() returns
             self.wfile.write(body)
-            state.sent.append(len(body))
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -153,7 +153,5 @@ def test_unreachable_server_gives_up_and_says_so(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(
-        ModelError, match=r"download failed 2 times in a row \(.*refused.*\); 0 bytes kept in"
-    ):
+    with pytest.raises(ModelError, match=r"download failed 2 times in a row \(.*refused.*\); 0 bytes kept in"):
         pull(f"http://127.0.0.1:{port}/m.gguf", SHA, tmp_path, retries=1)
