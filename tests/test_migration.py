@@ -85,6 +85,43 @@ def run_in_process(
     return m, result, coord
 
 
+def app_writer(
+    dsn: str,
+    table: str,
+    max_id: int,
+    counts: dict[str, int],
+    stop: threading.Event,
+    *,
+    seed: int = 0,
+    mid: int | None = None,
+) -> None:
+    """The application: inserts, content updates and deletes at a steady rate while the backfill runs.
+
+    It stops once the migration leaves its backfill (the changes it queued are then drained before completion).
+    """
+    rng = random.Random(seed)
+    with psycopg.connect(dsn, autocommit=True) as app:
+        next_id = 20000
+        while not stop.is_set():
+            phase = None
+            if app.execute("SELECT to_regclass('swarm.migrations')").fetchone()[0] is not None:
+                phase = app.execute(
+                    "SELECT phase FROM swarm.migrations WHERE table_name = %s ORDER BY id DESC LIMIT 1", [table]
+                ).fetchone()
+            if phase is not None and phase[0] not in ("plan", "backfill"):
+                return
+            op = rng.choice(["insert", "update", "update", "delete"])
+            if op == "insert":
+                app.execute(f"INSERT INTO {table} (id, content) VALUES (%s, %s)", [next_id, make_text(rng)])
+                next_id += 1
+            elif op == "update":
+                app.execute(f"UPDATE {table} SET content = %s WHERE id = %s", [make_text(rng), rng.randint(1, max_id)])
+            else:
+                app.execute(f"DELETE FROM {table} WHERE id = %s", [rng.randint(1, max_id)])
+            counts[op] += 1
+            time.sleep(0.01)
+
+
 def check_vectors(conn: psycopg.Connection, table: str, model_path: str) -> int:
     """Every row's new vector is the embedding of its current content. Returns the rows checked."""
     from pgvector.psycopg import register_vector
@@ -110,27 +147,10 @@ def test_backfill_with_live_writes_and_bad_rows(make_config, dsn: str, conn: psy
     cfg = make_config(
         database={"table": "docs"}, swarm={"shard_rows": 50, "validators": 0}, embedding={"batch_size": 8}
     )
-    rng = random.Random(7)
-    counts = {"insert": 0, "update": 0, "delete": 0}
+    counts: dict[str, int] = {"insert": 0, "update": 0, "delete": 0}
 
     def app_writes(stop: threading.Event) -> None:
-        # Writes at a steady rate while the backfill runs; the changes they queue are drained before completion.
-        with psycopg.connect(dsn, autocommit=True) as app:
-            next_id = 20000
-            while not stop.is_set():
-                phase = app.execute("SELECT max(phase) FROM swarm.migrations").fetchone()[0]
-                if phase not in (None, "plan", "backfill"):
-                    return
-                op = rng.choice(["insert", "update", "update", "delete"])
-                if op == "insert":
-                    app.execute("INSERT INTO docs (id, content) VALUES (%s, %s)", [next_id, make_text(rng)])
-                    next_id += 1
-                elif op == "update":
-                    app.execute("UPDATE docs SET content = %s WHERE id = %s", [make_text(rng), rng.randint(1, 300)])
-                else:
-                    app.execute("DELETE FROM docs WHERE id = %s", [rng.randint(1, 300)])
-                counts[op] += 1
-                time.sleep(0.01)
+        app_writer(dsn, "docs", 300, counts, stop, seed=7)
 
     m, result, _ = run_in_process(cfg, dsn, during=app_writes)
     assert result["state"] == "completed", result

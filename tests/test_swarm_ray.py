@@ -23,7 +23,7 @@ from swarm import migration as mig
 from swarm.config import Config
 from swarm.db import Database
 from tests.fix_db import REPO, config_for
-from tests.test_migration import check_vectors, create_table
+from tests.test_migration import app_writer, check_vectors, create_table
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,32 @@ def test_sigkill_migrator_mid_shard_resumes(swarm_env: Any) -> None:
         assert check_vectors(conn, "t_kill", cfg.embedding.model_path) == 1200
         # Resumed from the checkpoint: no shard reports more rows than it has.
         assert all(sh["rows_done"] <= sh["rows_planned"] for sh in final["shards"])
+
+
+def test_live_writes_from_another_process_during_the_swarm(swarm_env: Any) -> None:
+    """The application inserts, updates and deletes while the Ray swarm migrates: no row is left without a
+    vector of its final content when the migration reports completed."""
+    import threading
+
+    make, dsn, _ = swarm_env
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_table(conn, "t_live", "bigint", 600, seed=16)
+    cfg = make("t_live", swarm={"shard_rows": 150}, embedding={"batch_size": 8})
+    counts: dict[str, int] = {"insert": 0, "update": 0, "delete": 0}
+    stop = threading.Event()
+    writer = threading.Thread(target=app_writer, args=(dsn, "t_live", 600, counts, stop), daemon=True)
+    writer.start()
+    try:
+        assert commands.orchestrate(cfg, progress=False) == 0
+    finally:
+        stop.set()
+        writer.join()
+    assert counts["insert"] and counts["update"] and counts["delete"], counts
+    st = commands.status(cfg)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        total = conn.execute("SELECT count(*) FROM t_live").fetchone()[0]
+        assert st["state"] == "completed" and st["rows_done"] == st["rows_total"] == total
+        assert check_vectors(conn, "t_live", cfg.embedding.model_path) == total
 
 
 def test_orchestrate_killed_then_rerun_resumes(swarm_env: Any, tmp_path: Path) -> None:
