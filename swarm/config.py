@@ -34,7 +34,8 @@ TOPOLOGIES = ("hierarchical",)
 # A plain SQL identifier part as written in config; quoting happens in swarm.sql via psycopg.sql.Identifier.
 # We accept any printable name without quotes, semicolons or whitespace so that "documents; DROP TABLE x"
 # is refused here with a clear message, and mixed-case or schema-qualified names pass.
-_IDENT = re.compile(r'^[^\s;"\'\\\x00]{1,63}$')
+# "$" is refused too: a name holding the dollar-quote tag would end the sync trigger's function body.
+_IDENT = re.compile(r'^[^\s;"\'\\\x00$]{1,63}$')
 
 
 def _check_ident(value: str, key: str, qualified: bool = False) -> str:
@@ -42,7 +43,7 @@ def _check_ident(value: str, key: str, qualified: bool = False) -> str:
     if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
         raise ValueError(
             f"not a valid {'[schema.]table' if qualified else 'column'} name; use letters, digits and _ "
-            "(no spaces, quotes or ';'), at most 63 characters per part"
+            "(no spaces, quotes, '$' or ';'), at most 63 characters per part"
         )
     return value
 
