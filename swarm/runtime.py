@@ -98,7 +98,9 @@ def start_head(state_dir: Path, *, dashboard_host: str = "127.0.0.1", num_cpus: 
         "started_by_swarm": True,
         "started_at": time.time(),
     }
-    head_file(state_dir).write_text(json.dumps(record))
+    path = head_file(state_dir)
+    path.write_text(json.dumps(record))
+    os.chmod(path, 0o600)
     log.info("ray.head_started", **record)
     return record
 

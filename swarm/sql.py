@@ -307,8 +307,9 @@ $swarm$"""
     def apply_staging(self, column_type: str, dim: int) -> sql.Composable:
         """Write staged vectors where the row still holds the content they were computed from."""
         return sql.SQL(
+            # "new IS NULL": a row two drains raced for is written once, and a repeated batch changes nothing.
             "UPDATE {t} AS t SET {new} = s.v FROM {s} s "
-            "WHERE t.{id} = CAST(s.id AS {ty}) AND md5(t.{content}) = s.content_md5"
+            "WHERE t.{id} = CAST(s.id AS {ty}) AND md5(t.{content}) = s.content_md5 AND t.{new} IS NULL"
         ).format(
             t=self.t,
             new=self.new,
