@@ -365,7 +365,14 @@ def plan(
         target.create_sync_function(mid),
         target.create_sync_trigger(mid),
     ]
-    attempts = run_ddl(db, ddl, lock_timeout_ms=cfg.swarm.lock_timeout_ms, retries=cfg.swarm.ddl_retries)
+    try:
+        attempts = run_ddl(db, ddl, lock_timeout_ms=cfg.swarm.lock_timeout_ms, retries=cfg.swarm.ddl_retries)
+    except Exception as e:
+        # Nothing was changed (the DDL ran in one transaction): record why, so a rerun plans afresh instead of
+        # resuming a migration whose column does not exist.
+        reason = f"{type(e).__name__}: {e}"
+        db.run(lambda c: set_state(c, mid, "failed", phase="plan", reason=reason), what="plan_failed")
+        raise
     rows = make_shards(db, mid, target, cfg.swarm.shard_rows)
     with conn.transaction():
         conn.execute("UPDATE swarm.migrations SET rows_total = %s, updated_at = now() WHERE id = %s", [rows, mid])
