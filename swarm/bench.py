@@ -16,8 +16,8 @@ Figures (``--only`` takes these names or the short aliases in brackets):
 3. ``migrator_rss_mb`` [rss]: peak RSS (VmHWM) of a data-migrator actor after a migration, next to a rehearsal
    migrator (same actor and work, no model).
 4. ``search_p95_ms`` and ``search_recall_at_10`` [search]: swarm's search SQL through the ANN index swarm builds,
-   on synthetic 384-dim vectors shaped like MiniLM's; ivfflat probes and hnsw ef_search are swept and the cheapest setting
-   with recall@10 >= 0.95 is reported, next to exact search.
+   on synthetic 384-dim vectors shaped like MiniLM's; ivfflat probes and hnsw ef_search are swept and the
+   cheapest setting with recall@10 >= 0.95 is reported, next to exact search.
 5. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
    migration with the cache off (time saved).
 6. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
@@ -30,6 +30,7 @@ and met its target, 1 otherwise (the table says which and why).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -201,7 +202,12 @@ def _cell(text: str) -> str:
 
 
 def write_results(
-    out_dir: Path, results: Sequence[Result], machine: dict[str, Any], *, quick: bool, seconds: float,
+    out_dir: Path,
+    results: Sequence[Result],
+    machine: dict[str, Any],
+    *,
+    quick: bool,
+    seconds: float,
     figures: Sequence[str],
 ) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` in ``out_dir`` (atomically: temp name, then rename)."""
@@ -214,8 +220,9 @@ def write_results(
         "results": [r.as_dict() for r in results],
     }
     paths = out_dir / "results.json", out_dir / "results.md"
-    texts = json.dumps(data, indent=2, default=_json_default), render_markdown(
-        results, machine, quick=quick, seconds=seconds
+    texts = (
+        json.dumps(data, indent=2, default=_json_default),
+        render_markdown(results, machine, quick=quick, seconds=seconds),
     )
     for path, text in zip(paths, texts, strict=True):
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -279,15 +286,21 @@ class Sizes:
     search_rows: int = 100_000
     search_queries: int = 200
     search_exact_queries: int = 100
-    cache_unique: int = 200
+    cache_unique: int = 100
     cache_copies: int = 10
     overhead_rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
-            embed_texts=48, embed_rounds=1, pipeline_rows=600, rss_rows=300, search_rows=10_000,
-            search_queries=50, search_exact_queries=30, cache_unique=30,
+            embed_texts=48,
+            embed_rounds=1,
+            pipeline_rows=600,
+            rss_rows=300,
+            search_rows=10_000,
+            search_queries=50,
+            search_exact_queries=30,
+            cache_unique=30,
             overhead_rows=(2_000, 10_000, 40_000),
         )
 
@@ -334,15 +347,13 @@ class Lab:
     def database(self, name: str) -> str:
         """A fresh database ``name`` with pgvector; returns its DSN."""
         import psycopg
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+        from psycopg.conninfo import make_conninfo
 
         admin = self.admin_dsn()
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             c.execute(f'CREATE DATABASE "{name}"')
-        params = conninfo_to_dict(admin)
-        params["dbname"] = name
-        dsn = make_conninfo(**params)
+        dsn = make_conninfo(admin, dbname=name)
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE EXTENSION IF NOT EXISTS vector")
         return dsn
@@ -388,18 +399,28 @@ class Lab:
 
         Validators are off and the rollout manual: the figures time the migration, not the quality gates.
         """
-        from swarm.config import Config
-
         from pydantic import SecretStr
+
+        from swarm.config import Config
 
         q8, f16 = self.models()
         forced: dict[str, dict[str, Any]] = {
-            "database": {"dsn": SecretStr(dsn), "table": table, "id_column": "id", "content_column": "content",
-                         "legacy_column": "embedding"},
-            "embedding": {"model": "all-MiniLM-L6-v2-Q8_0", "model_path": str(q8), "dimension": DIM,
-                          "truncate_dim": None, "document_prefix": "", "query_prefix": ""},
-            "legacy": {"model": "all-MiniLM-L6-v2", "model_path": str(f16), "document_prefix": "",
-                       "query_prefix": ""},
+            "database": {
+                "dsn": SecretStr(dsn),
+                "table": table,
+                "id_column": "id",
+                "content_column": "content",
+                "legacy_column": "embedding",
+            },
+            "embedding": {
+                "model": "all-MiniLM-L6-v2-Q8_0",
+                "model_path": str(q8),
+                "dimension": DIM,
+                "truncate_dim": None,
+                "document_prefix": "",
+                "query_prefix": "",
+            },
+            "legacy": {"model": "all-MiniLM-L6-v2", "model_path": str(f16), "document_prefix": "", "query_prefix": ""},
             "swarm": {"ray_address": self.ray_address(), "validators": 0},
             "rollout": {"auto": False, "alerts": str(self.base.path(self.base.rollout.alerts))},
             "validation": {"queries": str(self.scratch / "queries.jsonl")},
@@ -497,8 +518,14 @@ def _unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
     return v
 
 
-def create_docs_table(dsn: str, table: str, rows: Sequence[tuple[int, str]] | Iterator[tuple[int, str]],
-                      *, seed: int = 7, chunk: int = 20_000) -> int:
+def create_docs_table(
+    dsn: str,
+    table: str,
+    rows: Sequence[tuple[int, str]] | Iterator[tuple[int, str]],
+    *,
+    seed: int = 7,
+    chunk: int = 20_000,
+) -> int:
     """A table shaped like the demo's (``id bigint`` key, ``content text``, legacy ``embedding vector(384)``).
 
     The legacy vectors are random unit vectors: a migration never reads them (only their checksum), and the
@@ -526,9 +553,12 @@ def create_docs_table(dsn: str, table: str, rows: Sequence[tuple[int, str]] | It
                 if not part:
                     break
                 vecs = _unit_rows(rng, len(part))
-                with conn.transaction(), cur.copy(
-                    sql.SQL("COPY {} (id, content, embedding) FROM STDIN WITH (FORMAT BINARY)").format(t)
-                ) as cp:
+                with (
+                    conn.transaction(),
+                    cur.copy(
+                        sql.SQL("COPY {} (id, content, embedding) FROM STDIN WITH (FORMAT BINARY)").format(t)
+                    ) as cp,
+                ):
                     cp.set_types(["bigint", "text", "vector"])
                     for (i, text), v in zip(part, vecs, strict=True):
                         cp.write_row((i, text, v))
@@ -550,8 +580,9 @@ class Run:
     status: dict[str, Any]
 
 
-def orchestrate_timed(cfg: Config, name: str, *, rehearse: bool = False, before: Callable[[], Any] | None = None
-                      ) -> Run:
+def orchestrate_timed(
+    cfg: Config, name: str, *, rehearse: bool = False, before: Callable[[], Any] | None = None
+) -> Run:
     """``before()`` (e.g. ``init``) then ``orchestrate``; times from before ``before``."""
     from swarm import commands
 
@@ -562,15 +593,24 @@ def orchestrate_timed(cfg: Config, name: str, *, rehearse: bool = False, before:
     wall = time.perf_counter() - t0
     st = commands.status(cfg)
     mid = st.get("id")
-    finished, phases = _timeline(cfg, mid) if mid is not None else (None, {})
+    finished, phases = _timeline(cfg, mid, t0_wall) if mid is not None else (None, {})
     return Run(
-        code=code, migration_id=mid, rows=int(st.get("rows_done") or 0), wall_s=wall,
-        to_finish_s=(finished - t0_wall) if finished else None, phases=phases, status=st,
+        code=code,
+        migration_id=mid,
+        rows=int(st.get("rows_done") or 0),
+        wall_s=wall,
+        to_finish_s=(finished - t0_wall) if finished else None,
+        phases=phases,
+        status=st,
     )
 
 
-def _timeline(cfg: Config, mid: int) -> tuple[float | None, dict[str, float]]:
-    """(finished_at as epoch seconds, seconds spent in each phase) from the migration's own records."""
+def _timeline(cfg: Config, mid: int, start: float) -> tuple[float | None, dict[str, float]]:
+    """(finished_at as epoch seconds, seconds spent in each phase) from the migration's own records.
+
+    ``preflight`` runs from ``start`` (epoch seconds) to the migration's record: checks, the swarm, the legacy
+    checksum; ``plan`` is the DDL and the shards, ``planned`` the wait for the coordinator.
+    """
     from swarm.db import connect, resolve_dsn
 
     with connect(resolve_dsn(cfg)) as conn:
@@ -586,12 +626,12 @@ def _timeline(cfg: Config, mid: int) -> tuple[float | None, dict[str, float]]:
         ).fetchall()
     if row is None:
         return None, {}
-    created, finished = (float(x) if x is not None else None for x in row)
-    phases: dict[str, float] = {}
+    created = float(row[0])
+    finished = float(row[1]) if row[1] is not None else None
+    phases: dict[str, float] = {"preflight": round(created - start, 3)}
     marks = [(created, "plan")] + [(float(at), str(p)) for at, p in events]
     for (a, name), (b, _) in zip(marks, marks[1:], strict=False):
-        if a is not None:
-            phases[name] = round(phases.get(name, 0.0) + b - a, 3)
+        phases[name] = round(phases.get(name, 0.0) + b - a, 3)
     return finished, phases
 
 
@@ -604,8 +644,10 @@ def fig_embed(lab: Lab) -> list[Result]:
     try:
         import torch
         from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise SwarmError(f"the baseline needs the bench extra ({e.name} missing): pip install -e '.[bench]'") from None
+    except ImportError as exc:
+        raise SwarmError(
+            f"the baseline needs the bench extra ({exc.name} missing): pip install -e '.[bench]'"
+        ) from None
     from model.convert import minilm_source
     from model.embedder import LlamaEmbedder
 
@@ -618,9 +660,13 @@ def fig_embed(lab: Lab) -> list[Result]:
     torch.set_num_threads(threads)
     with minilm_source() as src:
         st = SentenceTransformer(str(src), device="cpu")
-    st_max = int(st.max_seq_length)
+    st_max = st.max_seq_length
     llama = LlamaEmbedder(
-        q8, cache_size=0, batch_size=e.batch_size, n_threads=threads, flash_attn=e.flash_attn,
+        q8,
+        cache_size=0,
+        batch_size=e.batch_size,
+        n_threads=threads,
+        flash_attn=e.flash_attn,
     )
     try:
         # Warm both (allocations, thread pools, first-call paths) on texts outside the measured set.
@@ -649,8 +695,14 @@ def fig_embed(lab: Lab) -> list[Result]:
             else:
                 s_ll, vec_ll = time_llama()
                 s_st, vec_st = time_st()
-            rounds.append({"st_s": round(s_st, 3), "llama_s": round(s_ll, 3), "ratio": round(s_st / s_ll, 3),
-                           "load1": round(load, 2)})
+            rounds.append(
+                {
+                    "st_s": round(s_st, 3),
+                    "llama_s": round(s_ll, 3),
+                    "ratio": round(s_st / s_ll, 3),
+                    "load1": round(load, 2),
+                }
+            )
             log.info("bench.embed.round", **rounds[-1])
         truncated = llama.stats.truncated
         batches = llama.stats.batches
@@ -669,14 +721,28 @@ def fig_embed(lab: Lab) -> list[Result]:
     )
     return [
         Result(
-            "embed_ratio_vs_sentence_transformers", ll_tps, "tokens/s", Target(">=", 1.5, "ratio"),
-            baseline=st_tps, baseline_label="sentence-transformers tokens/s", ratio=figure_ratio,
-            ratio_label="llama.cpp / sentence-transformers", notes=notes,
+            "embed_ratio_vs_sentence_transformers",
+            ll_tps,
+            "tokens/s",
+            Target(">=", 1.5, "ratio"),
+            baseline=st_tps,
+            baseline_label="sentence-transformers tokens/s",
+            ratio=figure_ratio,
+            ratio_label="llama.cpp / sentence-transformers",
+            notes=notes,
             details={
-                "texts": len(texts), "tokens": tokens, "threads": threads, "rounds": rounds,
-                "st_max_seq_length": st_max, "llama_truncated": truncated, "llama_batches": batches,
-                "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "st_batch_size": ST_BATCH,
-                "llama_batch_size": e.batch_size, "flash_attn": e.flash_attn,
+                "texts": len(texts),
+                "tokens": tokens,
+                "threads": threads,
+                "rounds": rounds,
+                "st_max_seq_length": st_max,
+                "llama_truncated": truncated,
+                "llama_batches": batches,
+                "cosine_min": float(cos.min()),
+                "cosine_mean": float(cos.mean()),
+                "st_batch_size": ST_BATCH,
+                "llama_batch_size": e.batch_size,
+                "flash_attn": e.flash_attn,
             },
         )
     ]
@@ -701,9 +767,15 @@ def _plain_rows_per_second(cfg: Config, texts: list[str], warm: list[str]) -> tu
     e = cfg.embedding
     threads = e.n_threads or os.cpu_count() or 1
     with LlamaEmbedder(
-        str(cfg.path(e.model_path)), document_prefix=e.document_prefix, query_prefix=e.query_prefix,
-        cache_size=e.cache_size, batch_size=e.batch_size, n_threads=threads, truncate_dim=e.truncate_dim,
-        flash_attn=e.flash_attn, expected_dim=e.dimension,
+        str(cfg.path(e.model_path)),
+        document_prefix=e.document_prefix,
+        query_prefix=e.query_prefix,
+        cache_size=e.cache_size,
+        batch_size=e.batch_size,
+        n_threads=threads,
+        truncate_dim=e.truncate_dim,
+        flash_attn=e.flash_attn,
+        expected_dim=e.dimension,
     ) as emb:
         emb.embed_many(warm)
         emb.stats.reset()
@@ -731,16 +803,20 @@ def fig_pipeline(lab: Lab) -> list[Result]:
     lab.kill_swarm()
     run = orchestrate_timed(cfg, "bench: pipeline", before=lambda: commands.init(cfg))
     if run.code != 0 or run.rows != n:
-        raise SwarmError(f"the migration ended with exit code {run.code}, {run.rows}/{n} rows: {run.status.get('reason')}")
+        raise SwarmError(
+            f"the migration ended with exit code {run.code}, {run.rows}/{n} rows: {run.status.get('reason')}"
+        )
     assert run.to_finish_s is not None
     lab.shared["pipeline"] = {"infos": lab.migrator_infos(), "dsn": dsn, "cfg": cfg}
+    nice = sorted({n for n in (_niceness(i["pid"]) for i in lab.shared["pipeline"]["infos"]) if n is not None})
     swarm_rps = n / run.to_finish_s
     sw = cfg.swarm
     from swarm.agents_ray import threads_per_migrator
 
     threads = threads_per_migrator(sw.threads_per_migrator, sw.migrators)
     notes = (
-        f"{n} demo rows (stdlib functions); swarm: {sw.migrators} migrators × {threads} llama.cpp threads, "
+        f"{n} demo rows (stdlib functions); swarm: {sw.migrators} migrators (nice {nice}, Ray's default; this "
+        f"process nice {os.getpriority(os.PRIO_PROCESS, 0)}) × {threads} llama.cpp threads, "
         f"shard_rows {sw.shard_rows}, batch {cfg.embedding.batch_size}, {sw.index} index built, no validators; "
         f"baseline: one LlamaEmbedder with {base['threads']} threads, same batches, in this process; "
         f"swarm time = init → finished_at ({run.to_finish_s:.1f} s; backfill {run.phases.get('backfill', 0):.1f} s, "
@@ -748,18 +824,39 @@ def fig_pipeline(lab: Lab) -> list[Result]:
     )
     return [
         Result(
-            "pipeline_efficiency", swarm_rps, "rows/s", Target(">=", 0.90, "ratio"),
-            baseline=base_rps, baseline_label="plain embedder rows/s", ratio=ratio(swarm_rps, base_rps),
-            ratio_label="swarm / plain", notes=notes,
+            "pipeline_efficiency",
+            swarm_rps,
+            "rows/s",
+            Target(">=", 0.90, "ratio"),
+            baseline=base_rps,
+            baseline_label="plain embedder rows/s",
+            ratio=ratio(swarm_rps, base_rps),
+            ratio_label="swarm / plain",
+            notes=notes,
             details={
-                "rows": n, "baseline": base, "swarm_seconds_to_finish": round(run.to_finish_s, 2),
-                "orchestrate_wall_seconds": round(run.wall_s, 2), "phases": run.phases,
-                "migrators": sw.migrators, "threads_per_migrator": threads, "shard_rows": sw.shard_rows,
-                "batch_size": cfg.embedding.batch_size, "migrator_infos": lab.shared["pipeline"]["infos"],
-                "load_before": load_before, "load_after": os.getloadavg(),
+                "rows": n,
+                "baseline": base,
+                "swarm_seconds_to_finish": round(run.to_finish_s, 2),
+                "orchestrate_wall_seconds": round(run.wall_s, 2),
+                "phases": run.phases,
+                "migrators": sw.migrators,
+                "threads_per_migrator": threads,
+                "shard_rows": sw.shard_rows,
+                "migrator_niceness": nice,
+                "batch_size": cfg.embedding.batch_size,
+                "migrator_infos": lab.shared["pipeline"]["infos"],
+                "load_before": load_before,
+                "load_after": os.getloadavg(),
             },
         )
     ]
+
+
+def _niceness(pid: int) -> int | None:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return None
 
 
 def fig_rss(lab: Lab) -> list[Result]:
@@ -797,11 +894,21 @@ def fig_rss(lab: Lab) -> list[Result]:
     )
     return [
         Result(
-            "migrator_rss_mb", peak, "MB", Target("<=", 400), baseline=bare_peak,
-            baseline_label="rehearsal migrator (no model) peak MB", ratio=ratio(peak, bare_peak), notes=notes,
-            details={"migrators": infos, "rehearsal_migrators": bare, "model_mb_at_load": model_mb,
-                     "model_share_over_rehearsal_mb": round(peak - bare_peak, 1),
-                     "gguf_mb": round(q8.stat().st_size / 2**20, 1)},
+            "migrator_rss_mb",
+            peak,
+            "MB",
+            Target("<=", 400),
+            baseline=bare_peak,
+            baseline_label="rehearsal migrator (no model) peak MB",
+            ratio=ratio(peak, bare_peak),
+            notes=notes,
+            details={
+                "migrators": infos,
+                "rehearsal_migrators": bare,
+                "model_mb_at_load": model_mb,
+                "model_share_over_rehearsal_mb": round(peak - bare_peak, 1),
+                "gguf_mb": round(q8.stat().st_size / 2**20, 1),
+            },
         )
     ]
 
@@ -911,11 +1018,14 @@ def fig_search(lab: Lab) -> list[Result]:
             mid = 1 if method == "ivfflat" else 2
             conn.execute("SET maintenance_work_mem = '512MB'")
             t = time.perf_counter()
-            conn.execute(table.create_index(mid, method, "vector_cosine_ops", extra))
-            builds[method] = {"seconds": round(time.perf_counter() - t, 1), "lists": extra,
-                              "maintenance_work_mem": "512MB"}
-            plan = "\n".join(r[0] for r in conn.execute(
-                sql_explain(q), [queries[0], queries[0], k]).fetchall())
+            create: Any = table.create_index(mid, method, "vector_cosine_ops", extra)
+            conn.execute(create)
+            builds[method] = {
+                "seconds": round(time.perf_counter() - t, 1),
+                "lists": extra,
+                "maintenance_work_mem": "512MB",
+            }
+            plan = "\n".join(r[0] for r in conn.execute(sql_explain(q), [queries[0], queries[0], k]).fetchall())
             builds[method]["uses_index"] = table.index_name(mid) in plan
             sweep = []
             _time_queries(conn, q, queries, k)  # warm the index's pages
@@ -925,21 +1035,31 @@ def fig_search(lab: Lab) -> list[Result]:
                 conn.execute(f"SET {setting} = {int(value)}")
                 lat, found = _time_queries(conn, q, queries, k)
                 rec = recall_at_k(found, truth, k)
-                sweep.append({"setting": setting, "value": value, "recall_at_10": round(rec, 4),
-                              "p50_ms": round(percentile(lat, 50), 3), "p95_ms": round(percentile(lat, 95), 3)})
+                sweep.append(
+                    {
+                        "setting": setting,
+                        "value": value,
+                        "recall_at_10": round(rec, 4),
+                        "p50_ms": round(percentile(lat, 50), 3),
+                        "p95_ms": round(percentile(lat, 95), 3),
+                    }
+                )
                 log.info("bench.search", method=method, **sweep[-1])
                 if rec >= 0.99:
                     break
             conn.execute(f"RESET {setting}")
             sweeps[method] = sweep
-            conn.execute(table.drop_index(mid))
+            drop: Any = table.drop_index(mid)
+            conn.execute(drop)
     finally:
         conn.close()
 
     default = next(p for p in sweeps["ivfflat"] if p["value"] == 1)  # swarm sets no probes: pgvector's default
     good = [p for m in sweeps.values() for p in m if p["recall_at_10"] >= 0.95]
-    best = min(good, key=lambda p: p["p95_ms"]) if good else max(
-        (p for m in sweeps.values() for p in m), key=lambda p: p["recall_at_10"]
+    best = (
+        min(good, key=lambda p: p["p95_ms"])
+        if good
+        else max((p for m in sweeps.values() for p in m), key=lambda p: p["recall_at_10"])
     )
     which = f"{best['setting']} = {best['value']}"
     others = "; ".join(
@@ -951,19 +1071,37 @@ def fig_search(lab: Lab) -> list[Result]:
         f"{s.search_queries} held-out queries, k=10, swarm's search SQL through its index "
         f"(ivfflat lists={lists}; hnsw m=16, ef_construction=64)"
     )
-    details = {"sweeps": sweeps, "builds": builds, "exact_p95_ms": round(exact_p95, 3),
-               "exact_p50_ms": round(percentile(exact_lat, 50), 3), "exact_recall_vs_numpy": round(exact_recall, 4),
-               "chosen": best, "default_ivfflat_probes_1": default}
+    details = {
+        "sweeps": sweeps,
+        "builds": builds,
+        "exact_p95_ms": round(exact_p95, 3),
+        "exact_p50_ms": round(percentile(exact_lat, 50), 3),
+        "exact_recall_vs_numpy": round(exact_recall, 4),
+        "chosen": best,
+        "default_ivfflat_probes_1": default,
+    }
     return [
         Result(
-            "search_p95_ms", best["p95_ms"], "ms", Target("<=", 10), baseline=exact_p95,
-            baseline_label="exact search p95 ms", ratio=ratio(best["p95_ms"], exact_p95),
-            notes=f"{which} (recall@10 {best['recall_at_10']:.3f}); {common}", details=details,
+            "search_p95_ms",
+            best["p95_ms"],
+            "ms",
+            Target("<=", 10),
+            baseline=exact_p95,
+            baseline_label="exact search p95 ms",
+            ratio=ratio(best["p95_ms"], exact_p95),
+            notes=f"{which} (recall@10 {best['recall_at_10']:.3f}); {common}",
+            details=details,
         ),
         Result(
-            "search_recall_at_10", best["recall_at_10"], "", Target(">=", 0.95), baseline=default["recall_at_10"],
-            baseline_label="swarm's default, ivfflat.probes = 1", ratio=ratio(best["recall_at_10"], default["recall_at_10"]),
-            notes=f"{which} (p95 {best['p95_ms']:.2f} ms); sweep recall→p95: {others}", details={"chosen": best},
+            "search_recall_at_10",
+            best["recall_at_10"],
+            "",
+            Target(">=", 0.95),
+            baseline=default["recall_at_10"],
+            baseline_label="swarm's default, ivfflat.probes = 1",
+            ratio=ratio(best["recall_at_10"], default["recall_at_10"]),
+            notes=f"{which} (p95 {best['p95_ms']:.2f} ms); sweep recall→p95: {others}",
+            details={"chosen": best},
         ),
     ]
 
@@ -993,15 +1131,19 @@ def fig_cache(lab: Lab) -> list[Result]:
 
         cfg = lab.config(dsn, table, embedding={"cache_size": cache_size})
         lab.kill_swarm()
-        run = orchestrate_timed(cfg, f"bench: cache {table}", before=lambda cfg=cfg: commands.init(cfg))
+        run = orchestrate_timed(cfg, f"bench: cache {table}", before=functools.partial(commands.init, cfg))
         if run.code != 0 or run.rows != n:
             raise SwarmError(f"the {table} migration ended with exit code {run.code}, {run.rows}/{n} rows")
         infos = lab.migrator_infos()
         assert run.to_finish_s is not None
         runs[table] = {
-            "seconds": round(run.to_finish_s, 2), "phases": run.phases,
-            "hits": sum(i["cache_hits"] for i in infos), "misses": sum(i["cache_misses"] for i in infos),
-            "tokens_embedded": sum(i["tokens"] for i in infos), "migrators": len(infos), "cache_size": cache_size,
+            "seconds": round(run.to_finish_s, 2),
+            "phases": run.phases,
+            "hits": sum(i["cache_hits"] for i in infos),
+            "misses": sum(i["cache_misses"] for i in infos),
+            "tokens_embedded": sum(i["tokens"] for i in infos),
+            "migrators": len(infos),
+            "cache_size": cache_size,
         }
     lab.kill_swarm()
     c, u = runs["cached"], runs["uncached"]
@@ -1018,12 +1160,24 @@ def fig_cache(lab: Lab) -> list[Result]:
     )
     return [
         Result(
-            "cache_hit_rate", hit_rate, "", Target(">=", 0.9), baseline=u["seconds"],
-            baseline_label="s, same migration with cache_size = 0", ratio=ratio(c["seconds"], u["seconds"]),
-            ratio_label="time with cache / without", notes=notes,
-            details={"runs": runs, "rows": n, "distinct": s.cache_unique, "tokens_all_rows": all_tokens,
-                     "tokens_avoided_fraction": round(avoided, 4), "best_possible_hit_rate": best,
-                     "seconds_saved": round(saved, 2)},
+            "cache_hit_rate",
+            hit_rate,
+            "",
+            Target(">=", 0.9),
+            baseline=u["seconds"],
+            baseline_label="s, same migration with cache_size = 0",
+            ratio=ratio(c["seconds"], u["seconds"]),
+            ratio_label="time with cache / without",
+            notes=notes,
+            details={
+                "runs": runs,
+                "rows": n,
+                "distinct": s.cache_unique,
+                "tokens_all_rows": all_tokens,
+                "tokens_avoided_fraction": round(avoided, 4),
+                "best_possible_hit_rate": best,
+                "seconds_saved": round(saved, 2),
+            },
         )
     ]
 
@@ -1066,25 +1220,39 @@ def fig_overhead(lab: Lab) -> list[Result]:
         back = r.phases.get("backfill", 0.0)
         out.append(
             Result(
-                f"overhead_per_row_us[{_short(n)}]", per_row[n], "µs", Target("within", 0.25, "ratio"),
-                baseline=per_row[base_n], baseline_label=f"µs per row at {_short(base_n)}",
-                ratio=ratio(per_row[n], per_row[base_n]), ratio_label=f"vs {_short(base_n)}",
+                f"overhead_per_row_us[{_short(n)}]",
+                per_row[n],
+                "µs",
+                Target("within", 0.25, "ratio"),
+                baseline=per_row[base_n],
+                baseline_label=f"µs per row at {_short(base_n)}",
+                ratio=ratio(per_row[n], per_row[base_n]),
+                ratio_label=f"vs {_short(base_n)}",
                 notes=(
                     f"orchestrate --rehearse on {n:,} rows with the swarm up ({sw.migrators} migrators, shard_rows "
                     f"{sw.shard_rows}, batch {cfg0.embedding.batch_size}): {r.to_finish_s or r.wall_s:.1f} s to "
                     f"finished_at, backfill {back:.1f} s ({back / n * 1e6:.0f} µs/row)"
                 ),
-                details={"rows": n, "seconds_to_finish": r.to_finish_s, "orchestrate_wall_s": round(r.wall_s, 2),
-                         "phases": r.phases, "seed_seconds": seeded[n], "spawn_seconds": round(spawn_s, 1),
-                         "backfill_us_per_row": round(back / n * 1e6, 2)},
+                details={
+                    "rows": n,
+                    "seconds_to_finish": r.to_finish_s,
+                    "orchestrate_wall_s": round(r.wall_s, 2),
+                    "phases": r.phases,
+                    "seed_seconds": seeded[n],
+                    "spawn_seconds": round(spawn_s, 1),
+                    "backfill_us_per_row": round(back / n * 1e6, 2),
+                },
             )
         )
     return out
 
 
 def _short(n: int) -> str:
-    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else (
-        f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n))
+    return (
+        f"{n // 1_000_000}M"
+        if n >= 1_000_000 and n % 1_000_000 == 0
+        else (f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n))
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1155,8 +1323,10 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
         raise KeyboardInterrupt  # unwinds through lab.close()
 
     signal.signal(signal.SIGTERM, on_term)
-    _say(f"swarm bench{' --quick' if quick else ''}: {', '.join(figures)} on {machine['cores']} cores "
-         f"({machine['cpu_model']}), load {_loads(machine['loadavg_start'])}")
+    _say(
+        f"swarm bench{' --quick' if quick else ''}: {', '.join(figures)} on {machine['cores']} cores "
+        f"({machine['cpu_model']}), load {_loads(machine['loadavg_start'])}"
+    )
     try:
         for name in figures:
             t = time.perf_counter()
@@ -1175,8 +1345,7 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
                 _say(_line(r))
             results.extend(got)
             machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-            write_results(out, results, machine, quick=quick, seconds=time.perf_counter() - started,
-                          figures=figures)
+            write_results(out, results, machine, quick=quick, seconds=time.perf_counter() - started, figures=figures)
         machine.update(lab.server_versions())
     finally:
         lab.close()

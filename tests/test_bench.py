@@ -19,8 +19,17 @@ from swarm.config import load_config
 from swarm.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
-MACHINE = {"cores": 2, "cpu_model": "AMD EPYC 7B13", "memory_gb": 23.5, "system": "Linux", "python": "3.11.7",
-           "llama_cpp": "0.3.36", "ray": "2.60.0", "date": "2026-11-26", "loadavg_start": [1.0, 0.5, 0.25]}
+MACHINE = {
+    "cores": 2,
+    "cpu_model": "AMD EPYC 7B13",
+    "memory_gb": 23.5,
+    "system": "Linux",
+    "python": "3.11.7",
+    "llama_cpp": "0.3.36",
+    "ray": "2.60.0",
+    "date": "2026-11-26",
+    "loadavg_start": [1.0, 0.5, 0.25],
+}
 
 
 def test_targets_judge_the_value_or_the_ratio() -> None:
@@ -45,10 +54,22 @@ def test_ratio_percentile_and_recall() -> None:
 
 
 def test_a_result_passes_misses_or_errors() -> None:
-    ok = Result("pipeline_efficiency", 95.0, "rows/s", Target(">=", 0.9, "ratio"), baseline=100.0,
-                ratio=bench.ratio(95.0, 100.0))
-    slow = Result("pipeline_efficiency", 80.0, "rows/s", Target(">=", 0.9, "ratio"), baseline=100.0,
-                  ratio=bench.ratio(80.0, 100.0))
+    ok = Result(
+        "pipeline_efficiency",
+        95.0,
+        "rows/s",
+        Target(">=", 0.9, "ratio"),
+        baseline=100.0,
+        ratio=bench.ratio(95.0, 100.0),
+    )
+    slow = Result(
+        "pipeline_efficiency",
+        80.0,
+        "rows/s",
+        Target(">=", 0.9, "ratio"),
+        baseline=100.0,
+        ratio=bench.ratio(80.0, 100.0),
+    )
     broken = Result("cache_hit_rate", None, "", Target(">=", 0.9), error="SwarmError: the migration failed")
     assert (ok.verdict, slow.verdict, broken.verdict) == ("pass", "miss", "error")
     assert (ok.passed, slow.passed, broken.passed) == (True, False, None)
@@ -66,9 +87,17 @@ def test_figure_selection_takes_names_and_aliases_in_bench_order() -> None:
 
 def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: Path) -> None:
     results = [
-        Result("embed_ratio_vs_sentence_transformers", 5200.0, "tokens/s", Target(">=", 1.5, "ratio"),
-               baseline=3100.0, baseline_label="sentence-transformers tokens/s", ratio=5200 / 3100,
-               ratio_label="llama.cpp / sentence-transformers", notes="300 texts | 2 threads"),
+        Result(
+            "embed_ratio_vs_sentence_transformers",
+            5200.0,
+            "tokens/s",
+            Target(">=", 1.5, "ratio"),
+            baseline=3100.0,
+            baseline_label="sentence-transformers tokens/s",
+            ratio=5200 / 3100,
+            ratio_label="llama.cpp / sentence-transformers",
+            notes="300 texts | 2 threads",
+        ),
         Result("migrator_rss_mb", 412.0, "MB", Target("<=", 400), baseline=230.0, ratio=412 / 230),
         Result("cache_hit_rate", None, "", Target(">=", 0.9), error="SwarmError: boom"),
     ]
@@ -81,12 +110,15 @@ def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: 
     assert "412.0 MB" in rows[1] and "| 230.0 |" in rows[1] and "**miss**" in rows[1] and "value <= 400" in rows[1]
     assert "**error**" in rows[2] and "boom" in rows[2]
 
-    json_path, md_path = bench.write_results(tmp_path, results, MACHINE, quick=True, seconds=12.0,
-                                             figures=["embed", "rss", "cache"])
+    json_path, md_path = bench.write_results(
+        tmp_path, results, MACHINE, quick=True, seconds=12.0, figures=["embed", "rss", "cache"]
+    )
     data = json.loads(json_path.read_text())
     assert data["quick"] is True and data["machine"]["cores"] == 2
     assert [(r["figure"], r["verdict"]) for r in data["results"]] == [
-        ("embed_ratio_vs_sentence_transformers", "pass"), ("migrator_rss_mb", "miss"), ("cache_hit_rate", "error"),
+        ("embed_ratio_vs_sentence_transformers", "pass"),
+        ("migrator_rss_mb", "miss"),
+        ("cache_hit_rate", "error"),
     ]
     assert md_path.read_text().startswith("# swarm bench (quick")
 
