@@ -218,7 +218,7 @@ def assess(
             "migrators": cfg.swarm.migrators,
             "cores": cores,
             "rows_per_second_swarm": round(swarm_rate, 1) if swarm_rate else None,
-            "estimated_seconds": round(rows / swarm_rate, 1) if swarm_rate else None,
+            "estimated_seconds": round(rows / swarm_rate, 3) if swarm_rate else None,
         },
         "seconds": round(time.monotonic() - started, 1),
     }
