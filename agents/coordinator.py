@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from agents.cache import Entry, SharedCache
 from swarm import migration as mig
 from swarm.config import Config
 from swarm.db import Database, ensure_vector
@@ -51,6 +52,8 @@ class Coordinator:
         self._task: asyncio.Task[dict[str, Any]] | None = None
         self._mid: int | None = None
         self._workers: dict[str, str] = {}
+        self._follow: asyncio.Task[None] | None = None
+        self.cache = SharedCache(self.cfg.embedding.cache_size if self.cfg.embedding.shared_cache else 0)
         self.events: list[dict[str, Any]] = []
 
     # -- registry ------------------------------------------------------------------------------------------
@@ -67,11 +70,28 @@ class Coordinator:
     def ping(self) -> str:
         return "coordinator"
 
+    # -- the shared embedding cache (agents.cache) ---------------------------------------------------------
+    def cache_claim(self, owner: str, keys: list[bytes]) -> tuple[dict[bytes, Entry], list[bytes], list[bytes]]:
+        return self.cache.claim(owner, keys)
+
+    def cache_put(self, owner: str, items: dict[bytes, Entry]) -> None:
+        self.cache.put(owner, items)
+
+    def cache_release(self, owner: str, keys: list[bytes]) -> None:
+        self.cache.release(owner, keys)
+
+    async def cache_wait(self, keys: list[bytes], timeout: float) -> dict[bytes, Entry]:
+        return await self.cache.wait(keys, timeout)
+
+    def cache_stats(self) -> dict[str, Any]:
+        return self.cache.stats()
+
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self, mid: int) -> bool:
         """Start (or resume) migration ``mid`` in the background. False if it is already running."""
         if self._task is not None and not self._task.done():
             return False
+        await self._stop_following()
         self._mid = mid
         self._task = asyncio.get_running_loop().create_task(self.run(mid))
         return True
@@ -84,8 +104,22 @@ class Coordinator:
             return None
         return await asyncio.shield(self._task)
 
+    def following(self) -> int | None:
+        """The completed migration whose later changes this coordinator keeps embedding, if any."""
+        return self._mid if self._follow is not None and not self._follow.done() else None
+
+    async def _stop_following(self) -> None:
+        if self._follow is not None and not self._follow.done():
+            self._follow.cancel()
+            try:
+                await self._follow
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._follow = None
+
     async def stop(self) -> bool:
         """Pause: stop handing out shards and fence the running ones; a later start resumes."""
+        await self._stop_following()
         if self._task is None or self._task.done():
             return False
         self._task.cancel()
@@ -187,7 +221,9 @@ class Coordinator:
                     break
                 idle.pop(0)
                 shard_id, attempt = claim
-                fut = asyncio.ensure_future(self._call(worker, "run_shard", mid, shard_id, attempt))
+                fut = asyncio.ensure_future(
+                    self._call(worker, "run_shard", mid, shard_id, attempt, len(self.workers()))
+                )
                 shards[fut] = (worker, shard_id, attempt)
                 log.info("shard.assigned", migration=mid, shard=shard_id, worker=worker, attempt=attempt)
             if not shards:
@@ -256,19 +292,7 @@ class Coordinator:
         mid = m.id
         workers = self.workers()
         for _round in range(1000):
-            while True:
-                results = await asyncio.gather(
-                    *(self._call(w, "drain_changes", mid) for w in workers), return_exceptions=True
-                )
-                errors = [r for r in results if isinstance(r, BaseException)]
-                done = sum(r for r in results if isinstance(r, int))
-                if errors and not done:
-                    if all(_is_worker_death(e) for e in errors):
-                        await asyncio.sleep(1.0)
-                        continue
-                    raise errors[0]
-                if not done:
-                    break
+            await self._drain_queue(m, workers)
             missing = await self._db(lambda c: c.execute(m.target.missing_ids(), [mid, 10_000]).fetchall(), "missing")
             if not missing:
                 return
@@ -282,6 +306,23 @@ class Coordinator:
             )
         raise RuntimeError("changes did not settle after 1000 rounds")
 
+    async def _drain_queue(self, m: mig.Migration, workers: list[str]) -> None:
+        """Have every migrator drain the change queue until a round finds it empty."""
+        while True:
+            results = await asyncio.gather(
+                *(self._call(w, "drain_changes", m.id, None, len(workers)) for w in workers),
+                return_exceptions=True,
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            done = sum(r for r in results if isinstance(r, int))
+            if errors and not done:
+                if all(_is_worker_death(e) for e in errors):
+                    await asyncio.sleep(1.0)
+                    continue
+                raise errors[0]
+            if not done:
+                return
+
     async def _catch_up(self, m: mig.Migration) -> dict[str, Any]:
         """A completed migration run again: embed what the application changed since (the sync trigger queued
         it and nulled the stale vectors), then complete again. Like a vectorizer worker's next pass."""
@@ -290,6 +331,10 @@ class Coordinator:
         return await self._complete(m)
 
     async def _complete(self, m: mig.Migration) -> dict[str, Any]:
+        # Rows the application changed while validation and rollout ran: their vectors before the counts.
+        if not m.rehearsal:
+            await self._drain(m)
+
         def go(conn: psycopg.Connection) -> dict[str, Any]:
             with conn.transaction():
                 total, done, failed = mig.finish_counts(conn, m)
@@ -302,7 +347,38 @@ class Coordinator:
 
         result = await self._db(go, "complete")
         log.info("migration.completed", migration=m.id, **{k: v for k, v in result.items() if k != "state"})
+        if not m.rehearsal and self.cfg.swarm.follow_interval_s > 0:
+            # Like a vectorizer worker: the sync trigger goes on queueing the application's writes, and the
+            # swarm goes on embedding them, until rollback, decommission or shutdown.
+            self._follow = asyncio.get_running_loop().create_task(self._follow_changes(m))
         return result
+
+    async def _follow_changes(self, m: mig.Migration) -> None:
+        interval = self.cfg.swarm.follow_interval_s
+        failures = 0
+        log.info("migration.following", migration=m.id, interval_s=interval)
+        while True:
+            await asyncio.sleep(interval if not failures else min(60.0, interval * 2**failures))
+            try:
+                state, queued = await self._db(
+                    lambda c: c.execute(
+                        "SELECT state, (SELECT count(*) FROM swarm.changes WHERE migration_id = m.id) "
+                        "FROM swarm.migrations m WHERE id = %s",
+                        [m.id],
+                    ).fetchone(),
+                    "follow",
+                )
+                if state != "completed":
+                    log.info("migration.unfollowed", migration=m.id, state=state)
+                    return
+                if queued and self.workers():
+                    await self._drain_queue(m, self.workers())
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the loop outlives a restarting server or worker
+                failures += 1
+                log.warning("migration.follow_error", migration=m.id, error=f"{type(e).__name__}: {e}")
 
     async def _finish_rehearsal(self, m: mig.Migration) -> dict[str, Any]:
         result = await self._complete(m)

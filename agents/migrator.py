@@ -68,7 +68,9 @@ class StandInEmbedder:
         self.dim = dim
         self.sha256 = "rehearsal"
 
-    def embed_many(self, texts: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+    def embed_many(
+        self, texts: list[str | None], *, truncated: list[int] | None = None
+    ) -> tuple[np.ndarray, list[str | None]]:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         errors: list[str | None] = []
         for i, t in enumerate(texts):
@@ -99,6 +101,9 @@ class WorkerStats:
     shards: int = 0
     fenced: int = 0
     skipped_stale: int = 0
+    cache_hits: int = 0  # rows whose vector came from a cache or an identical row, not from the model
+    cache_misses: int = 0  # texts the model computed
+    shared_hits: int = 0  # of cache_hits: vectors another migrator computed
     started: float = field(default_factory=time.monotonic)
 
 
@@ -116,7 +121,14 @@ class DataMigrator:
         self.dsn: str = payload["dsn"]
         self.rehearse = rehearse
         self.db = Database(self.dsn, application_name=f"swarm:{name}")
-        self.writer_db = Database(self.dsn, application_name=f"swarm:{name}:w")
+        # Each run_shard call opens its own connections (a restarted coordinator can hand a shard again to a
+        # migrator that still runs it: two calls sharing one connection would nest their transactions); the
+        # change queue's drain has its own, used by one drain at a time.
+        self.drain_db = self._connection("w")
+        self._drain_lock = threading.Lock()
+        self._active: dict[tuple[int, int], tuple[int, threading.Event]] = {}
+        self._active_lock = threading.Lock()
+        self._limiter = _RateLimiter(0.0)
         self.metrics = Metrics(name)
         self.stats = WorkerStats()
         rss_before = rss_mb()
@@ -140,6 +152,8 @@ class DataMigrator:
                 expected_dim=e.dimension,
             )
         self.model_mb = max(0.0, rss_mb() - rss_before)
+        self._shared = self._shared_cache()
+        self._last_embed_s = 0.0
         self._migrations: dict[int, mig.Migration] = {}
         self._register()
         log.info(
@@ -202,20 +216,138 @@ class DataMigrator:
             "fenced": s.fenced,
             "tokens": getattr(est, "tokens", s.tokens),
             "embed_seconds": round(getattr(est, "seconds", s.embed_seconds), 3),
-            "cache_hits": getattr(est, "cache_hits", 0),
-            "cache_misses": getattr(est, "cache_misses", 0),
+            "cache_hits": s.cache_hits,
+            "cache_misses": s.cache_misses,
+            "shared_cache_hits": s.shared_hits,
             "truncated": getattr(est, "truncated", 0),
         }
 
     def ping(self) -> str:
         return self.name
 
-    def _embed(self, m: mig.Migration, texts: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+    def close(self) -> None:
+        """Close this migrator's connections (the per-shard ones close when their shard ends)."""
+        self.db.close()
+        self.drain_db.close()
+
+    def _shared_cache(self) -> Any:
+        """The coordinator's shared cache, when this migrator runs as a Ray actor and the config wants it."""
+        e = self.cfg.embedding
+        if self.rehearse or not e.shared_cache or e.cache_size <= 0:
+            return None
+        try:
+            import ray
+
+            if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+                return None
+        except Exception:
+            return None
+        from agents.cache import CacheClient
+
+        return CacheClient(self.name)
+
+    def _embed(self, m: mig.Migration, texts: list[str | None]) -> tuple[np.ndarray, list[str | None], int]:
+        """Vectors, per-row errors, and how many rows were longer than the model's context (truncated)."""
         embedder = self._stand_in if m.rehearsal else self.embedder
         if embedder is self._stand_in and not m.rehearsal:
             raise RuntimeError(f"{self.name} was spawned for rehearsals only and has no model")
-        with self._lock:
-            return embedder.embed_many(texts)
+        t0 = time.monotonic()
+        try:
+            if embedder is self._stand_in or not getattr(embedder, "cache_enabled", False):
+                long: list[int] = []
+                with self._lock:
+                    vectors, errors = embedder.embed_many(texts, truncated=long)
+                self.stats.cache_misses += sum(e is None for e in errors)
+                return vectors, errors, len(long)
+            return self._embed_cached(embedder, texts)
+        finally:
+            self._last_embed_s = time.monotonic() - t0
+
+    def _embed_cached(self, embedder: Any, texts: list[str | None]) -> tuple[np.ndarray, list[str | None], int]:
+        """Each distinct text once: from this migrator's LRU, else the swarm's shared cache, else the model
+        (claiming it, so the other migrators wait for this result instead of computing it too)."""
+        from agents.cache import cache_key
+        from model.embedder import unembeddable
+
+        out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+        errors: list[str | None] = [None] * len(texts)
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(texts):
+            reason = unembeddable(t)
+            if reason:
+                errors[i] = reason
+            else:
+                groups.setdefault(t, []).append(i)  # type: ignore[arg-type]
+        got: dict[str, tuple[np.ndarray, bool]] = {}
+        for t in groups:
+            hit = embedder.cached(t)
+            if hit is not None:
+                got[t] = hit
+        computed: set[str] = set()
+        failed: dict[str, str] = {}
+
+        def compute(batch: list[str]) -> dict[bytes, tuple[bytes, bool]]:
+            long: list[int] = []
+            with self._lock:
+                v, e = embedder.embed_many(batch, truncated=long, use_cache=True)
+            fresh = {}
+            for j, t in enumerate(batch):
+                computed.add(t)
+                if e[j] is not None:
+                    failed[t] = e[j]
+                    continue
+                got[t] = (v[j], j in long)
+                fresh[t] = (v[j].astype(np.float32).tobytes(), j in long)
+            return {keys[t]: val for t, val in fresh.items()}
+
+        rest = [t for t in groups if t not in got]
+        keys = {t: cache_key(embedder.model_id, embedder.document_prefix, t) for t in rest}
+        by_key = {k: t for t, k in keys.items()}
+        if rest and self._shared is not None:
+            found, mine, theirs = self._shared.claim([keys[t] for t in rest])
+            self._take_shared(embedder, found, by_key, got)
+            mine_texts = [by_key[k] for k in mine]
+            if mine_texts:
+                try:
+                    self._shared.put(compute(mine_texts))
+                finally:
+                    self._shared.release([keys[t] for t in mine_texts if t in failed or t not in got])
+            if theirs:
+                arrived = self._shared.wait(theirs, timeout=max(30.0, 4 * self._last_embed_s))
+                self._take_shared(embedder, arrived, by_key, got)
+            rest = [t for t in groups if t not in got and t not in computed]
+        if rest:
+            compute(rest)
+        truncated = 0
+        for t, rows in groups.items():
+            if t in got:
+                vec, long_ = got[t]
+                out[rows] = vec
+                truncated += len(rows) if long_ else 0
+                self.stats.cache_hits += len(rows) - (1 if t in computed else 0)
+                self.stats.cache_misses += 1 if t in computed else 0
+            else:
+                for i in rows:
+                    errors[i] = failed.get(t, "not embedded")
+        return out, errors, truncated
+
+    def _take_shared(
+        self,
+        embedder: Any,
+        found: dict[bytes, tuple[bytes, bool]],
+        by_key: dict[bytes, str],
+        got: dict[str, tuple[np.ndarray, bool]],
+    ) -> None:
+        for k, (raw, long_) in found.items():
+            t = by_key.get(k)
+            if t is None:
+                continue
+            vec = np.frombuffer(raw, dtype=np.float32)
+            if vec.shape[0] != embedder.dim:
+                continue
+            got[t] = (vec, long_)
+            embedder.remember(t, vec, long_)
+            self.stats.shared_hits += 1
 
     def _migration(self, mid: int) -> mig.Migration:
         if mid not in self._migrations:
@@ -232,11 +364,68 @@ class DataMigrator:
                 )
         return self._migrations[mid]
 
+    def _connection(self, role: str) -> Database:
+        return Database(
+            self.dsn,
+            application_name=f"swarm:{self.name}:{role}",
+            idle_in_transaction_timeout_ms=self.cfg.swarm.idle_in_transaction_timeout_ms,
+        )
+
+    def _pace(self, rows: int, migrators: int | None) -> None:
+        """Hold this migrator to its share of ``swarm.max_rows_per_second`` (backfill and drain alike)."""
+        limit = self.cfg.swarm.max_rows_per_second
+        if limit <= 0:
+            return
+        self._limiter.set_rate(limit / max(1, migrators or self.cfg.swarm.migrators))
+        self._limiter.wait(rows)
+
+    def _take(self, mid: int, shard_id: int, attempt: int) -> threading.Event:
+        """Register this run of a shard; a run of an older attempt still going on here is told to stop."""
+        stop = threading.Event()
+        with self._active_lock:
+            old = self._active.get((mid, shard_id))
+            if old is not None and old[0] < attempt:
+                old[1].set()
+            if old is None or old[0] < attempt:
+                self._active[(mid, shard_id)] = (attempt, stop)
+            else:
+                stop.set()  # a newer attempt already runs here: this one is stale
+        return stop
+
+    def _leave(self, mid: int, shard_id: int, stop: threading.Event) -> None:
+        with self._active_lock:
+            cur = self._active.get((mid, shard_id))
+            if cur is not None and cur[1] is stop:
+                del self._active[(mid, shard_id)]
+
     # -- the work ------------------------------------------------------------------------------------------
-    def run_shard(self, mid: int, shard_id: int, attempt: int) -> dict[str, Any]:
-        """Migrate one shard from its checkpoint to its end. Idempotent; fenced by ``attempt``."""
+    def run_shard(self, mid: int, shard_id: int, attempt: int, migrators: int | None = None) -> dict[str, Any]:
+        """Migrate one shard from its checkpoint to its end. Idempotent; fenced by ``attempt``.
+
+        ``migrators`` is how many migrators share ``swarm.max_rows_per_second`` now (default: the config's).
+        """
         m = self._migration(mid)
-        shard = self.db.run(
+        fenced_here = self._take(mid, shard_id, attempt)
+        rdb, wdb = self._connection("r"), self._connection("w")  # ":w" marks every write session
+        try:
+            return self._run_shard(m, shard_id, attempt, migrators, fenced_here, rdb, wdb)
+        finally:
+            self._leave(mid, shard_id, fenced_here)
+            rdb.close()
+            wdb.close()
+
+    def _run_shard(
+        self,
+        m: mig.Migration,
+        shard_id: int,
+        attempt: int,
+        migrators: int | None,
+        fenced_here: threading.Event,
+        rdb: Database,
+        wdb: Database,
+    ) -> dict[str, Any]:
+        mid = m.id
+        shard = rdb.run(
             lambda c: c.execute(
                 "SELECT lo, hi, last_key FROM swarm.shards WHERE migration_id = %s AND shard_id = %s",
                 [mid, shard_id],
@@ -256,7 +445,7 @@ class DataMigrator:
             try:
                 while not stop.is_set():
                     q, params = m.target.read_batch(after, hi, batch_size)
-                    got = self.db.run(lambda c, q=q, p=params: c.execute(q, p).fetchall(), what="read_batch")
+                    got = rdb.run(lambda c, q=q, p=params: c.execute(q, p).fetchall(), what="read_batch")
                     if not got:
                         reader.put(None)
                         return
@@ -269,7 +458,6 @@ class DataMigrator:
         t = threading.Thread(target=read_ahead, name=f"{self.name}-reader", daemon=True)
         t.start()
         pending: Future[tuple[int, int]] | None = None
-        limiter = _RateLimiter(self.cfg.swarm.max_rows_per_second / max(1, self.cfg.swarm.migrators))
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-writer") as writer:
                 while True:
@@ -278,18 +466,22 @@ class DataMigrator:
                         raise item
                     if item is None:
                         break
+                    if fenced_here.is_set():
+                        raise Fenced()
                     t0 = time.monotonic()
-                    vectors, errors = self._embed(m, item.texts)
+                    vectors, errors, truncated = self._embed(m, item.texts)
                     embed_s = time.monotonic() - t0
                     if pending is not None:
                         r, f = pending.result()  # keeps writes in order; raises Fenced
                         rows, failed = rows + r, failed + f
-                    pending = writer.submit(self._write, m, shard_id, attempt, item, vectors, errors, embed_s)
-                    limiter.wait(len(item.ids))
+                    pending = writer.submit(
+                        self._write, wdb, m, shard_id, attempt, item, vectors, errors, embed_s, truncated
+                    )
+                    self._pace(len(item.ids), migrators)
                 if pending is not None:
                     r, f = pending.result()
                     rows, failed = rows + r, failed + f
-            self._finish_shard(mid, shard_id, attempt)
+            self._finish_shard(wdb, mid, shard_id, attempt)
         except Fenced:
             self.stats.fenced += 1
             log.warning("shard.fenced", migration=mid, shard=shard_id, attempt=attempt)
@@ -310,6 +502,7 @@ class DataMigrator:
 
     def _write(
         self,
+        wdb: Database,
         m: mig.Migration,
         shard_id: int,
         attempt: int,
@@ -317,14 +510,15 @@ class DataMigrator:
         vectors: np.ndarray,
         errors: list[str | None],
         embed_s: float,
+        truncated: int = 0,
     ) -> tuple[int, int]:
         """One transaction: the vectors, the dead letters, the checkpoint (fenced), the batch record."""
 
         def go(conn: psycopg.Connection) -> tuple[int, int]:
             with conn.transaction():
-                return self._apply(conn, m, b, vectors, errors, embed_s, shard_id, attempt)
+                return self._apply(conn, m, b, vectors, errors, embed_s, shard_id, attempt, truncated)
 
-        return self.writer_db.run(go, what="write_batch")
+        return wdb.run(go, what="write_batch")
 
     def _apply(
         self,
@@ -336,6 +530,7 @@ class DataMigrator:
         embed_s: float,
         shard_id: int | None = None,
         attempt: int | None = None,
+        truncated: int = 0,
     ) -> tuple[int, int]:
         """Write a batch inside the caller's transaction; advance the shard checkpoint when given one."""
         t0 = time.monotonic()
@@ -380,9 +575,9 @@ class DataMigrator:
             if cur2.rowcount != 1:
                 raise Fenced()
         conn.execute(
-            "INSERT INTO swarm.batches (migration_id, shard_id, worker, rows, embed_seconds, seconds) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            [m.id, shard_id, self.name, len(b.ids), embed_s, embed_s + (time.monotonic() - t0)],
+            "INSERT INTO swarm.batches (migration_id, shard_id, worker, rows, truncated, embed_seconds, seconds) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [m.id, shard_id, self.name, len(b.ids), truncated, embed_s, embed_s + (time.monotonic() - t0)],
         )
         self.stats.rows += len(ok)
         self.stats.failed += len(bad)
@@ -412,7 +607,7 @@ class DataMigrator:
     _last_hits = 0
     _last_misses = 0
 
-    def _finish_shard(self, mid: int, shard_id: int, attempt: int) -> None:
+    def _finish_shard(self, wdb: Database, mid: int, shard_id: int, attempt: int) -> None:
         def go(conn: psycopg.Connection) -> None:
             r = conn.execute(
                 "UPDATE swarm.shards SET state = 'done', finished_at = now(), updated_at = now() "
@@ -422,9 +617,9 @@ class DataMigrator:
             if r.rowcount != 1:
                 raise Fenced()
 
-        self.writer_db.run(go, what="finish_shard")
+        wdb.run(go, what="finish_shard")
 
-    def drain_changes(self, mid: int, limit: int | None = None) -> int:
+    def drain_changes(self, mid: int, limit: int | None = None, migrators: int | None = None) -> int:
         """Embed rows the application inserted or changed (queued by the sync trigger). Returns entries done.
 
         Entries are claimed with ``FOR UPDATE SKIP LOCKED`` so several migrators drain in parallel, and deleted
@@ -447,13 +642,16 @@ class DataMigrator:
                 if rows:
                     b = _Batch([r[0] for r in rows], [r[1] for r in rows], rows[-1][0])
                     t0 = time.monotonic()
-                    vectors, errors = self._embed(m, b.texts)
+                    vectors, errors, truncated = self._embed(m, b.texts)
                     embed_s = time.monotonic() - t0
-                    self._apply(conn, m, b, vectors, errors, embed_s)
+                    self._apply(conn, m, b, vectors, errors, embed_s, truncated=truncated)
                 conn.execute("DELETE FROM swarm.changes WHERE seq = ANY(%s)", [[r[0] for r in claimed]])
                 return len(claimed)
 
-        return self.writer_db.run(go, what="drain_changes")
+        with self._drain_lock:
+            done = self.drain_db.run(go, what="drain_changes")
+            self._pace(done, migrators)
+        return done
 
 
 class _RateLimiter:
@@ -461,13 +659,20 @@ class _RateLimiter:
 
     def __init__(self, rows_per_second: float) -> None:
         self.rate = rows_per_second
-        self.start = time.monotonic()
-        self.rows = 0
+        self._lock = threading.Lock()
+        self._next = time.monotonic()  # when the next row may be written
+
+    def set_rate(self, rows_per_second: float) -> None:
+        self.rate = rows_per_second
 
     def wait(self, rows: int) -> None:
-        if self.rate <= 0:
+        """Account ``rows`` just written and sleep so the average stays at the rate; idle time is not banked
+        beyond one second, so a migrator that sat idle cannot burst."""
+        if self.rate <= 0 or rows <= 0:
             return
-        self.rows += rows
-        ahead = self.rows / self.rate - (time.monotonic() - self.start)
+        with self._lock:
+            now = time.monotonic()
+            self._next = max(self._next, now - 1.0) + rows / self.rate
+            ahead = self._next - now
         if ahead > 0:
             time.sleep(ahead)

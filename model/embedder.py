@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import os
 import threading
 import time
@@ -41,12 +42,14 @@ log = structlog.get_logger()
 _DECODE_STATUS = {1: "no room in the KV cache for the batch", 2: "aborted", -1: "invalid input batch"}
 _POOLING_ENUM = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 
-#: Default micro-batch size in tokens (n_batch = n_ubatch), with and without flash attention. Measured with
-#: all-MiniLM-L6-v2 Q8_0 on 2 cores, 200 stdlib functions of ~196 tokens: with flash attention 449 / 531 / 700
-#: tokens/s at 512 / 1024 / 2048 (ggml's CPU flash attention skips the masked cross-sequence blocks, so big
-#: ubatches cost nothing extra); without it 319 / 347 / 350, and the n x n attention matrix it materializes
-#: grows quadratically (2048 tokens: ~200 MB), so it stays at 512.
-DEFAULT_BATCH_TOKENS = 2048
+#: Default micro-batch size in tokens (n_batch = n_ubatch), with and without flash attention. llama.cpp packs
+#: several sequences into one micro-batch under a mask spanning all of them, so attention cost grows with the
+#: square of the micro-batch. Measured on a quiet 2-core machine (load < 2), all-MiniLM-L6-v2 Q8_0, 2 threads,
+#: 80 stdlib functions of ~210 tokens, flash attention on: 1,678 tokens/s at 2048 (32 texts), 2,233 at 1024
+#: (4 texts), 2,730-3,010 at 512 (2 to 32 texts), 3,425 at 512 with one text per micro-batch. (An earlier
+#: measurement that favored 2048 was taken at load average 14 and did not hold up.) 512 also keeps the
+#: compute buffers, and so the migrator's memory, small.
+DEFAULT_BATCH_TOKENS = 512
 DEFAULT_BATCH_TOKENS_NO_FLASH = 512
 
 
@@ -192,6 +195,7 @@ class LlamaEmbedder:
         self.flash_attn = flash_attn
         self.stats = EmbedStats()
         self._cache = _LRU(cache_size)
+        self._long: set[bytes] = set()  # digests of texts found longer than the context (few, 16 bytes each)
         self._lock = threading.Lock()
         self._closed = False
         self._batch: Any = None
@@ -273,12 +277,19 @@ class LlamaEmbedder:
         return vectors
 
     def embed_many(
-        self, texts: Sequence[str | None], *, query: bool = False, use_cache: bool | None = None
+        self,
+        texts: Sequence[str | None],
+        *,
+        query: bool = False,
+        use_cache: bool | None = None,
+        truncated: list[int] | None = None,
     ) -> tuple[np.ndarray, list[str | None]]:
         """Embed what can be embedded; return the vectors and, per row, ``None`` or why it was skipped.
 
         Skipped rows are zero vectors. Identical texts in one call are computed once. ``use_cache`` defaults
-        to on when the embedder has a cache (``cache_size > 0``).
+        to on when the embedder has a cache (``cache_size > 0``). The indices of rows whose text was longer than
+        the model's context (embedded from its first ``max_tokens`` tokens) are appended to ``truncated``,
+        cache hits included.
         """
         if use_cache is None:
             use_cache = self._cache.size > 0
@@ -297,6 +308,8 @@ class LlamaEmbedder:
                 if hit is not None:
                     out[i] = hit
                     self.stats.cache_hits += 1
+                    if truncated is not None and _text_key(prefix + text) in self._long:
+                        truncated.append(i)
                     continue
                 self.stats.cache_misses += 1
             pending.setdefault(text, []).append(i)
@@ -307,7 +320,7 @@ class LlamaEmbedder:
         with self._lock:
             self._check_open()
             started = time.perf_counter()
-            vectors, failed = self._compute([prefix + t for t in unique])
+            vectors, failed, long = self._compute([prefix + t for t in unique])
             self.stats.seconds += time.perf_counter() - started
         for j, text in enumerate(unique):
             rows = pending[text]
@@ -316,6 +329,8 @@ class LlamaEmbedder:
                     errors[i] = failed[j]
                 continue
             out[rows] = vectors[j]
+            if j in long and truncated is not None:
+                truncated.extend(rows)
             if use_cache:
                 self._cache.put((self.sha256, prefix, text), vectors[j])
         return out, errors
@@ -344,6 +359,23 @@ class LlamaEmbedder:
                 raise UnembeddableText(start + exc.index, exc.reason) from None
             for row in vectors:
                 yield row
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self._cache.size > 0
+
+    def cached(self, text: str, *, query: bool = False) -> tuple[np.ndarray, bool] | None:
+        """The cached vector of ``text`` and whether it was truncated, or None (no counters touched)."""
+        prefix = self.query_prefix if query else self.document_prefix
+        vec = self._cache.get((self.sha256, prefix, text))
+        return None if vec is None else (vec, _text_key(prefix + text) in self._long)
+
+    def remember(self, text: str, vec: np.ndarray, truncated: bool = False, *, query: bool = False) -> None:
+        """Put a vector computed elsewhere (another migrator, same model) into this embedder's cache."""
+        prefix = self.query_prefix if query else self.document_prefix
+        self._cache.put((self.sha256, prefix, text), vec)
+        if truncated:
+            self._long.add(_text_key(prefix + text))
 
     def tokenize(self, text: str) -> list[int]:
         """The model's tokens for ``text``, with its special tokens (``[CLS] ... [SEP]`` for BERT)."""
@@ -407,9 +439,10 @@ class LlamaEmbedder:
                 return head, len(with_special) - head - len(plain)
         return 0, 0
 
-    def _compute(self, texts: list[str]) -> tuple[np.ndarray, dict[int, str]]:
-        """Vectors for ``texts`` (already prefixed), in order; failures by index."""
+    def _compute(self, texts: list[str]) -> tuple[np.ndarray, dict[int, str], set[int]]:
+        """Vectors for ``texts`` (already prefixed), in order; failures by index; indices truncated."""
         failed: dict[int, str] = {}
+        long: set[int] = set()
         seqs: list[tuple[int, list[int]]] = []
         for j, text in enumerate(texts):
             tokens = self._tokenize(text)
@@ -420,6 +453,8 @@ class LlamaEmbedder:
                 keep = self.max_tokens - self._tail
                 tokens = tokens[:keep] + (tokens[-self._tail :] if self._tail else [])
                 self.stats.truncated += 1
+                long.add(j)
+                self._long.add(_text_key(text))
             seqs.append((j, tokens))
         vectors = np.zeros((len(texts), self._dim), dtype=np.float32)
         seqs.sort(key=lambda s: len(s[1]), reverse=True)
@@ -434,7 +469,7 @@ class LlamaEmbedder:
         if batch:
             self._decode(batch, vectors)
         self.stats.texts += len(seqs)
-        return vectors, failed
+        return vectors, failed, long
 
     def _decode(self, batch: list[tuple[int, list[int]]], vectors: np.ndarray) -> None:
         lib, b = self._lib, self._batch
@@ -467,6 +502,15 @@ class LlamaEmbedder:
             vectors[j] = vec / norm if norm > 0 else vec
         self.stats.tokens += n
         self.stats.batches += 1
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def unembeddable(text: object) -> str | None:
+    """Why ``text`` cannot be embedded (``None``, not a string, empty, whitespace-only), or None."""
+    return _unembeddable(text)
 
 
 def _unembeddable(text: object) -> str | None:

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -34,8 +35,8 @@ TOPOLOGIES = ("hierarchical",)
 # A plain SQL identifier part as written in config; quoting happens in swarm.sql via psycopg.sql.Identifier.
 # We accept any printable name without quotes, semicolons or whitespace so that "documents; DROP TABLE x"
 # is refused here with a clear message, and mixed-case or schema-qualified names pass.
-# "$" is refused too: a name holding the dollar-quote tag would end the sync trigger's function body.
-_IDENT = re.compile(r'^[^\s;"\'\\\x00$]{1,63}$')
+# "$" is legal in PostgreSQL names and allowed (the sync trigger's body is a quoted literal, not dollar-quoted).
+_IDENT = re.compile(r'^[^\s;"\'\\\x00]{1,63}$')
 
 
 def _check_ident(value: str, key: str, qualified: bool = False) -> str:
@@ -43,7 +44,7 @@ def _check_ident(value: str, key: str, qualified: bool = False) -> str:
     if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
         raise ValueError(
             f"not a valid {'[schema.]table' if qualified else 'column'} name; use letters, digits and _ "
-            "(no spaces, quotes, '$' or ';'), at most 63 characters per part"
+            "(no spaces, quotes or ';'), at most 63 characters per part"
         )
     return value
 
@@ -85,6 +86,11 @@ class EmbeddingConfig(_Section):
     device: Literal["cpu"] = "cpu"
     batch_size: int = Field(default=32, gt=0, le=4096)
     cache_size: int = Field(default=10_000, ge=0)
+    shared_cache: bool = Field(
+        default=True,
+        description="migrators share computed vectors through the coordinator (up to cache_size of them), so "
+        "content repeated across shards is embedded once",
+    )
     document_prefix: str = ""
     query_prefix: str = ""
     truncate_dim: int | None = Field(default=None, gt=0)
@@ -111,8 +117,33 @@ class SwarmConfig(_Section):
     max_attempts: int = Field(default=5, ge=1, description="failures of one shard before the migration fails")
     max_rows_per_second: float = Field(default=0, ge=0, description="0: unlimited")
     lock_timeout_ms: int = Field(default=2_000, ge=1)
+    follow_interval_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="after completion, how often the coordinator embeds the rows the application changed "
+        "since (0: only when orchestrate runs again)",
+    )
+    idle_in_transaction_timeout_ms: int = Field(
+        default=600_000,
+        ge=0,
+        description="the server ends a swarm session left idle inside a transaction this long (0: never); it must "
+        "exceed the model's time for one batch, since a drain embeds inside its transaction",
+    )
     ddl_retries: int = Field(default=30, ge=0)
-    index: Literal["ivfflat", "hnsw", "none"] = "ivfflat"
+    index: Literal["ivfflat", "hnsw", "none"] = "hnsw"
+    # The ANN index on the new column (built once, at the end of the backfill) and how searches use it (set in
+    # each search's transaction, so a change takes effect without a rebuild). pgvector's own limits apply.
+    # Defaults measured by `swarm bench --only search` (100k MiniLM-like vectors, k=10): hnsw m=16,
+    # ef_construction=200, ef_search=80 gives recall@10 0.958 for ~15% less work per search than m=16,
+    # ef_construction=64 at ef_search=100 (recall 0.929); ivfflat (lists = rows/1000 or sqrt(rows)) stays below
+    # recall 0.92 at 40 probes and 25+ ms. See bench/README.md.
+    hnsw_m: int = Field(default=16, ge=2, le=100, description="hnsw: links per node")
+    hnsw_ef_construction: int = Field(default=200, ge=4, le=1000, description="hnsw: candidates while building")
+    ef_search: int = Field(default=80, ge=1, le=1000, description="hnsw.ef_search per search (raised to k)")
+    probes: int = Field(default=10, ge=1, le=32768, description="ivfflat.probes per search")
+    index_build_memory_mb: int = Field(
+        default=512, ge=64, le=65536, description="maintenance_work_mem of the index build's session"
+    )
     dashboard_host: str = "127.0.0.1"
 
     @field_validator("topology")
@@ -120,6 +151,15 @@ class SwarmConfig(_Section):
     def _topology(cls, v: str) -> str:
         if v not in TOPOLOGIES:
             raise ValueError(f"unknown topology; supported: {', '.join(TOPOLOGIES)}")
+        return v
+
+    @field_validator("hnsw_ef_construction")
+    @classmethod
+    def _ef_construction(cls, v: int, info: ValidationInfo) -> int:
+        m = info.data.get("hnsw_m")
+        if m is not None and v < 2 * m:
+            # pgvector refuses the CREATE INDEX otherwise: fail at load time, not after the backfill.
+            raise ValueError(f"must be >= 2 * hnsw_m = {2 * m}; raise it or lower hnsw_m")
         return v
 
 

@@ -132,8 +132,7 @@ def _drain(cfg: Config, dsn: str, db: Database, m: mig.Migration) -> int:
         while worker.drain_changes(m.id):
             pass
     finally:
-        worker.db.close()
-        worker.writer_db.close()
+        worker.close()
     return len(before) - len(missing())
 
 

@@ -24,7 +24,7 @@ from swarm.log import get_logger
 from swarm.sql import BOOKKEEPING, Target, split_table
 
 if TYPE_CHECKING:
-    from swarm.config import Config
+    from swarm.config import Config, SwarmConfig
 
 log = get_logger()
 
@@ -460,17 +460,36 @@ def ivfflat_lists(rows: int) -> int:
     return max(1, rows // 1000) if rows <= 1_000_000 else max(1, int(math.sqrt(rows)))
 
 
-def build_index(db: Database, m: Migration, method: str, server: ServerInfo) -> str | None:
-    """CREATE INDEX CONCURRENTLY on the new column; returns its name, or None when not indexable."""
+def index_settings(m: Migration) -> SwarmConfig:
+    """The ``[swarm]`` section the migration was planned with (its index parameters; defaults for keys a
+    migration planned by an older swarm did not record)."""
+    from swarm.config import SwarmConfig
+
+    recorded = (m.config or {}).get("swarm") or {}
+    return SwarmConfig.model_validate({k: v for k, v in recorded.items() if k in SwarmConfig.model_fields})
+
+
+def build_index(
+    db: Database, m: Migration, method: str, server: ServerInfo, swarm: SwarmConfig | None = None
+) -> str | None:
+    """CREATE INDEX CONCURRENTLY on the new column; returns its name, or None when not indexable.
+
+    The parameters (``hnsw_m``, ``hnsw_ef_construction``, ``index_build_memory_mb``; ivfflat's lists follow the
+    row count) come from ``swarm``, else from the config the migration was planned with, so a resumed migration
+    builds the index it planned.
+    """
     if method == "none":
         return None
     column_type, indexable = server.column_type(m.dimension)
     if not indexable:
         log.warning("index.skipped", dimension=m.dimension, reason="too many dimensions for an ANN index here")
         return None
+    s = swarm if swarm is not None else index_settings(m)
     opclass = f"{m.column_type}_cosine_ops"
-    rows = db.run(lambda c: c.execute(m.target.count_with_vector()).fetchone()[0], what="count")
-    lists = ivfflat_lists(rows) if method == "ivfflat" else None
+    lists = None
+    if method == "ivfflat":
+        lists = ivfflat_lists(db.run(lambda c: c.execute(m.target.count_with_vector()).fetchone()[0], what="count"))
+    create = m.target.create_index(m.id, method, opclass, lists, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction)
 
     def go(conn: psycopg.Connection) -> None:
         # A failed CONCURRENTLY build leaves an INVALID index behind: drop it before trying again.
@@ -480,8 +499,16 @@ def build_index(db: Database, m: Migration, method: str, server: ServerInfo) -> 
         ).fetchone()
         if valid is not None and not valid[0]:
             conn.execute(m.target.drop_index(m.id))
-        conn.execute(m.target.create_index(m.id, method, opclass, lists))
+        # CREATE INDEX CONCURRENTLY cannot run in a transaction, so no SET LOCAL: set the session's memory
+        # for the build and put it back after. An hnsw graph that outgrows it is built far more slowly.
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [f"{s.index_build_memory_mb}MB"])
+        try:
+            conn.execute(create)
+        finally:
+            if not conn.broken:
+                conn.execute("RESET maintenance_work_mem")
 
+    log.info("index.build", method=method, lists=lists, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction)
     db.run(go, what="create_index")
     name = m.target.index_name(m.id)
     db.run(
@@ -536,6 +563,9 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
     ).fetchone()
     rows_done_final, rows_failed_final, rows_total, elapsed, rollout = final
     pending = conn.execute("SELECT count(*) FROM swarm.changes WHERE migration_id = %s", [m.id]).fetchone()[0]
+    truncated = conn.execute(
+        "SELECT coalesce(sum(truncated), 0) FROM swarm.batches WHERE migration_id = %s", [m.id]
+    ).fetchone()[0]
     rate = conn.execute(
         "SELECT coalesce(sum(rows), 0), extract(epoch FROM max(at) - min(at)) FROM swarm.batches "
         "WHERE migration_id = %s AND at > now() - interval '30 seconds'",
@@ -560,6 +590,7 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
         "rows_total": int(rows_total),
         "rows_done": int(rows_done),
         "rows_failed": int(rows_failed),
+        "rows_truncated": int(truncated),
         "pending_changes": int(pending),
         "rows_per_second": round(rps, 1) if rps else None,
         "eta_seconds": round(remaining / rps, 1) if rps and m.state == "running" else None,

@@ -28,7 +28,7 @@ def render_status(st: dict[str, Any]) -> str:
         f"  state     {st['state']} ({st.get('phase') or '-'})",
         f"  table     {st['table']}.{st['column']} {st['column_type']}  model {st['model']}",
         f"  rows      {st['rows_done']}/{st['rows_total']} done, {st['rows_failed']} dead-lettered, "
-        f"{st['pending_changes']} queued changes",
+        f"{st.get('rows_truncated', 0)} truncated to the model's context, {st['pending_changes']} queued changes",
         f"  speed     {st['rows_per_second'] or '-'} rows/s, ETA {_fmt_secs(st.get('eta_seconds'))}, "
         f"elapsed {_fmt_secs(st.get('elapsed_seconds'))}",
         f"  rollout   {st['rollout_percent']:.0f}% of queries on the new column",
@@ -58,7 +58,9 @@ def summary(st: dict[str, Any]) -> str:
     head = {"completed": "completed", "rolled_back": "ROLLED BACK", "failed": "FAILED"}.get(st["state"], st["state"])
     lines = [
         f"migration {st['id']} {head}: {st['rows_done']}/{st['rows_total']} rows embedded, "
-        f"{st['rows_failed']} dead-lettered, {len(st['shards'])} shards, {_fmt_secs(st.get('elapsed_seconds'))}"
+        f"{st['rows_failed']} dead-lettered, "
+        + (f"{st['rows_truncated']} truncated, " if st.get("rows_truncated") else "")
+        + f"{len(st['shards'])} shards, {_fmt_secs(st.get('elapsed_seconds'))}"
         + (f", {rate:.0f} rows/s" if rate else ""),
     ]
     if st.get("index"):

@@ -233,7 +233,8 @@ def markdown(data: dict[str, Any], chart_paths: dict[str, str], out_dir: Path) -
         f"- **Table**: `{t['table']}`, legacy column `{t['legacy_column']}`, new column `{t['new_column']}` "
         f"{m['column_type']}({m['dimension']})",
         f"- **New model**: {m['model_id']} (sha256 {m['model_sha256'][:16]})",
-        f"- **Rows**: {st['rows_done']}/{st['rows_total']} embedded, {st['rows_failed']} dead-lettered",
+        f"- **Rows**: {st['rows_done']}/{st['rows_total']} embedded, {st['rows_failed']} dead-lettered, "
+        f"{st.get('rows_truncated', 0)} truncated to the model's context (embedded from their first tokens)",
         f"- **Backfill**: {bf['batches']} batches, {bf['rows']} rows in {_f(bf['wall_seconds'], 1)} s "
         f"({_f(bf['rows_per_second'], 1)} rows/s), {_f(bf['embed_seconds'], 1)} s embedding",
         f"- **Rollout**: {st['rollout_percent']:.0f}% of queries on the new column",

@@ -30,12 +30,12 @@ from swarm.db import Database
 from swarm.errors import SwarmError, UsageError
 from swarm.log import get_logger
 from swarm.quality import Hit
+from swarm.sql import Target
 
 if TYPE_CHECKING:
     import numpy as np
 
     from swarm.config import Config
-    from swarm.sql import Target
 
 log = get_logger()
 
@@ -104,6 +104,40 @@ def search_sql(
         t=target.t,
         req=sql.Identifier(require),
     )
+
+
+@dataclass(frozen=True)
+class AnnSettings:
+    """How a search uses the ANN index of the new column: ``[swarm].ef_search`` and ``[swarm].probes``.
+
+    pgvector's defaults (``hnsw.ef_search = 40``, ``ivfflat.probes = 1``) give recall@10 of about 0.84 and 0.14
+    on 100k MiniLM-like vectors; the config's defaults are the measured choice (``swarm bench --only search``,
+    bench/README.md).
+    """
+
+    ef_search: int
+    probes: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> AnnSettings:
+        return cls(cfg.swarm.ef_search, cfg.swarm.probes)
+
+    def params(self, k: int) -> list[str]:
+        # An hnsw scan returns at most ef_search rows: never fewer than the k asked for.
+        return [str(max(self.ef_search, int(k))), str(self.probes)]
+
+
+def run_search(
+    conn: psycopg.Connection, query: sql.Composable, vec: Any, k: int, ann: AnnSettings | None
+) -> list[tuple[Any, ...]]:
+    """One search (``Target.search``/``search_sql``); with ``ann``, its settings are ``SET LOCAL`` in the
+    search's own transaction, so they reach this search only. The router, the validator (through the router)
+    and ``swarm bench`` all search through here."""
+    if ann is None:
+        return conn.execute(query, [vec, vec, int(k)]).fetchall()
+    with conn.transaction():
+        conn.execute(Target.search_settings(), ann.params(k))
+        return conn.execute(query, [vec, vec, int(k)]).fetchall()
 
 
 @dataclass(frozen=True)
@@ -320,7 +354,9 @@ class Router:
             vec, cache_hit = self.arms[arm].embed(text)
             t1 = time.perf_counter()
             q = search_sql(target, column, ctype, dim, require=target.new_column if require_new else None)
-            rows = self.db.run(lambda c: c.execute(q, [vec, vec, int(k)]).fetchall(), what=f"search_{arm}")
+            # The swarm's ANN settings go with the index it built; the legacy column keeps the application's.
+            ann = AnnSettings.of(self.cfg) if arm == "new" else None
+            rows = self.db.run(lambda c: run_search(c, q, vec, k, ann), what=f"search_{arm}")
             t2 = time.perf_counter()
             hit.ids = [r[0] for r in rows]
             hit.embed_ms, hit.search_ms = (t1 - t0) * 1000, (t2 - t1) * 1000

@@ -97,11 +97,14 @@ BOOKKEEPING = [
         worker        text,
         rows          int NOT NULL,
         tokens        int NOT NULL DEFAULT 0,
+        truncated     int NOT NULL DEFAULT 0,
         embed_seconds real NOT NULL DEFAULT 0,
         seconds       real NOT NULL DEFAULT 0,
         at            timestamptz NOT NULL DEFAULT now()
     )""",
     "CREATE INDEX IF NOT EXISTS batches_migration ON swarm.batches (migration_id, at)",
+    # Added after the first release: bookkeeping made by an older swarm gets the column too.
+    "ALTER TABLE swarm.batches ADD COLUMN IF NOT EXISTS truncated int NOT NULL DEFAULT 0",
     """CREATE TABLE IF NOT EXISTS swarm.agents (
         name          text PRIMARY KEY,
         kind          text NOT NULL,
@@ -196,8 +199,10 @@ class Target:
         return sql.SQL("ALTER TABLE {t} DROP COLUMN IF EXISTS {c}").format(t=self.t, c=col)
 
     def create_sync_function(self, migration_id: int) -> sql.Composable:
-        return sql.SQL(
-            """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $swarm$
+        # The body is passed as a quoted string literal, not dollar-quoted: a name that holds the dollar-quote
+        # tag (legal in PostgreSQL) would otherwise end the body early and turn the rest of itself into SQL.
+        body = sql.SQL(
+            """
 BEGIN
     IF TG_OP = 'INSERT' THEN
         IF NEW.{new} IS NULL THEN
@@ -210,13 +215,15 @@ BEGIN
     END IF;
     RETURN NEW;
 END
-$swarm$"""
+"""
         ).format(
-            fn=self.function_name(migration_id),
             new=self.new,
             id=self.id,
             content=self.content,
             mid=sql.Literal(int(migration_id)),
+        )
+        return sql.SQL("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
+            fn=self.function_name(migration_id), body=sql.Literal(body.as_string(None))
         )
 
     def create_sync_trigger(self, migration_id: int) -> sql.Composable:
@@ -348,13 +355,27 @@ $swarm$"""
     def index_name(self, migration_id: int) -> str:
         return f"swarm_{migration_id}_{self.new_column}_idx"[:63]
 
-    def create_index(self, migration_id: int, method: str, opclass: str, lists: int | None) -> sql.Composable:
-        with_ = sql.SQL(" WITH (lists = {})").format(sql.Literal(int(lists))) if lists else sql.SQL("")
-        _schema, _ = split_table(self.table)
-        return sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {t} USING {m} ({new} {op}){w}").format(
+    def create_index(
+        self,
+        migration_id: int,
+        method: str,
+        opclass: str,
+        lists: int | None = None,
+        *,
+        m: int | None = None,
+        ef_construction: int | None = None,
+    ) -> sql.Composable:
+        """The ANN index on the new column: ``lists`` for ivfflat, ``m``/``ef_construction`` for hnsw (pgvector's
+        defaults where None)."""
+        params = {"lists": lists} if method == "ivfflat" else {"m": m, "ef_construction": ef_construction}
+        given = [sql.SQL("{} = {}").format(sql.SQL(k), sql.Literal(int(v))) for k, v in params.items() if v]
+        with_ = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(given)) if given else sql.SQL("")
+        if method not in ("ivfflat", "hnsw"):
+            raise ValueError(f"index method {method!r}: expected ivfflat or hnsw")
+        return sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {t} USING {using} ({new} {op}){w}").format(
             name=sql.Identifier(self.index_name(migration_id)),
             t=self.t,
-            m=sql.SQL(method),
+            using=sql.SQL(method),
             new=self.new,
             op=sql.SQL(opclass),
             w=with_,
@@ -367,6 +388,16 @@ $swarm$"""
         return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(ident)
 
     # -- search --------------------------------------------------------------------------------------------
+    @staticmethod
+    def search_settings() -> sql.Composable:
+        """The ANN settings of one search, parameters ``(ef_search, probes)`` as text.
+
+        ``set_config(..., true)`` is ``SET LOCAL``: run it in the search's own transaction and the values reach
+        that search and nothing else (not the next statement on a pooled connection, not a later search that
+        asks for other values). Each setting only affects its own kind of index, so both are always set.
+        """
+        return sql.SQL("SELECT set_config('hnsw.ef_search', %s, true), set_config('ivfflat.probes', %s, true)")
+
     def search(self, column: str, column_type: str, dim: int) -> sql.Composable:
         return sql.SQL(
             "SELECT {id}::text, {col} <=> CAST(%s AS {ty}({dim})) AS d FROM {t} WHERE {col} IS NOT NULL "

@@ -53,6 +53,13 @@ def test_demo_and_target_configs_load() -> None:
         ),
         ("[rollout]\nsteps = [50, 10]\n", "rollout.steps = [50, 10]: steps must be increasing"),
         ('[database]\nnew_column = "embedding"\n', "new_column must differ from legacy_column"),
+        # pgvector would refuse this CREATE INDEX only after the whole backfill.
+        (
+            "[swarm]\nhnsw_m = 32\nhnsw_ef_construction = 40\n",
+            "swarm.hnsw_ef_construction = 40: must be >= 2 * hnsw_m = 64",
+        ),
+        ("[swarm]\nef_search = 0\n", "swarm.ef_search = 0: must be >= 1"),
+        ("[swarm]\nef_serach = 80\n", "swarm.ef_serach = 80: unknown key"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, toml: str, expected: str) -> None:

@@ -177,13 +177,12 @@ def test_backfill_with_live_writes_and_bad_rows(make_config, dsn: str, conn: psy
         == 0
     )
     assert checksum_before  # taken before any change
-    # The ANN index exists on the new column.
-    assert (
-        conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE tablename = 'docs' AND indexdef LIKE '%ivfflat%'"
-        ).fetchone()
-        is not None
-    )
+    # The ANN index exists on the new column, built as configured (hnsw by default).
+    indexdef = conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'docs' AND indexdef LIKE '%USING hnsw%'"
+    ).fetchone()
+    assert indexdef is not None
+    assert f"m='{cfg.swarm.hnsw_m}', ef_construction='{cfg.swarm.hnsw_ef_construction}'" in indexdef[0]
 
 
 @pytest.mark.parametrize("key", ["uuid", "text"])

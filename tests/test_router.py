@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from swarm import migration as mig
@@ -111,9 +112,10 @@ def migrate_in_process(cfg: Config, *, validators: bool = True) -> tuple[dict[st
     coord.db.close()
     db.close()
     for w in workers.values():
-        for attr in ("db", "writer_db"):
-            if hasattr(w, attr):
-                getattr(w, attr).close()
+        if hasattr(w, "close"):
+            w.close()
+        elif hasattr(w, "db"):
+            w.db.close()
         if getattr(w, "_router", None) is not None:
             w._router.close()
     return result, m.id
@@ -331,6 +333,73 @@ def test_failure_on_the_new_column_is_answered_from_legacy_and_recorded(migrated
     with psycopg.connect(migrated.dsn, autocommit=True) as c:
         rows = c.execute("SELECT arm, ok FROM swarm.query_log WHERE caller = 'victim' ORDER BY id").fetchall()
     assert rows == [("new", False), ("legacy", True)]
+
+
+def test_configured_probes_reach_each_search_on_the_new_column_and_no_further(migrated: Migrated) -> None:
+    """``[swarm].probes`` is SET LOCAL in each new-arm search. With an ivfflat index of 30 lists on the 60-row
+    column, pgvector's default (1 probe) searches one list and misses most of the true top 10; the configured
+    30 probes search them all and return exactly what exact search returns. The setting ends with the search."""
+    from pgvector.psycopg import register_vector
+
+    from swarm.rollout import set_percent
+    from swarm.router import Router
+
+    set_percent(migrated.db(), migrated.migration(), 100)
+    m = migrated.migration()
+    text = migrated.queries()[4]
+    with psycopg.connect(migrated.dsn, autocommit=True) as c:
+        c.execute(m.target.drop_index(m.id))
+        c.execute(m.target.create_index(m.id, "ivfflat", "vector_cosine_ops", 30))
+    wide = Router(migrated.config(swarm={"probes": 30}), migrated.dsn)
+    vec, _ = wide.arms["new"].embed(text)
+    with psycopg.connect(migrated.dsn, autocommit=True) as c:
+        register_vector(c)
+        c.execute("SET enable_indexscan = off")
+        q = m.target.search(m.target.new_column, m.column_type, m.dimension)
+        exact = [r[0] for r in c.execute(q, [vec, vec, 10]).fetchall()]
+        c.execute("RESET enable_indexscan")
+        assert m.target.index_name(m.id) in str(c.execute(sql.SQL("EXPLAIN ") + q, [vec, vec, 10]).fetchall())
+
+    found = wide.search(text, k=10, caller="probes-30")
+    assert found.arm == "new" and found.ids == exact
+    # Only for that search: the router's session is back at pgvector's default.
+    assert wide.db.conn.execute("SHOW ivfflat.probes").fetchone()[0] == "1"
+    wide.close()
+
+    narrow = Router(migrated.config(swarm={"probes": 1}), migrated.dsn)
+    one = narrow.search(text, k=10, caller="probes-1")
+    narrow.close()
+    assert one.arm == "new" and len(set(one.ids) & set(exact)) < 10
+
+
+def test_hnsw_search_returns_k_rows_even_above_the_configured_ef_search(migrated: Migrated) -> None:
+    """The swarm builds hnsw with the configured ``hnsw_m`` and ``hnsw_ef_construction`` and searches with
+    ``ef_search`` raised to k: an hnsw scan returns at most ef_search rows, so without that a k = 50 search would
+    get 10 rows here (and 40, pgvector's default, with no setting at all)."""
+    from swarm.rollout import set_percent
+    from swarm.router import Router
+
+    set_percent(migrated.db(), migrated.migration(), 100)
+    m = migrated.migration()
+    with psycopg.connect(migrated.dsn, autocommit=True) as c:
+        indexdef = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [m.index_name]).fetchone()[0]
+        # On 60 rows the planner would rather sort them all for k = 50: make the router's sessions use the index.
+        dbname = c.execute("SELECT current_database()").fetchone()[0]
+        c.execute(sql.SQL("ALTER DATABASE {} SET enable_seqscan = off").format(sql.Identifier(dbname)))
+    swarm = migrated.cfg.swarm
+    assert "USING hnsw" in indexdef
+    assert f"m='{swarm.hnsw_m}'" in indexdef and f"ef_construction='{swarm.hnsw_ef_construction}'" in indexdef
+
+    router = Router(migrated.config(swarm={"ef_search": 10}), migrated.dsn)
+    q = m.target.search(m.target.new_column, m.column_type, m.dimension)
+    vec, _ = router.arms["new"].embed(migrated.queries()[5])
+    plan = router.db.conn.execute(sql.SQL("EXPLAIN ") + q, [vec, vec, 50]).fetchall()
+    assert m.index_name in str(plan)
+    r = router.search(migrated.queries()[5], k=50, caller="k-50")
+    assert r.arm == "new" and len(r.ids) == len(set(r.ids)) == 50
+    assert r.distances == sorted(r.distances)
+    assert router.db.conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "40"
+    router.close()
 
 
 def test_http_endpoint_searches_and_reports_health(migrated: Migrated) -> None:

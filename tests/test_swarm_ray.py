@@ -107,6 +107,45 @@ def _wait(cfg: Config, pred: Any, timeout: float = 180) -> dict[str, Any]:
     raise AssertionError(f"timed out; last status {st}")
 
 
+def test_repeated_content_is_embedded_once_across_migrators(swarm_env: Any) -> None:
+    """A table of 12 distinct contents x 10 copies spread over 4 shards and 2 migrators: the shared cache (in
+    the coordinator) has each distinct content computed by the model once in the whole swarm."""
+    import random
+
+    import numpy as np
+    import ray
+    from pgvector.psycopg import register_vector
+
+    from tests.test_migration import make_text
+
+    make, dsn, _ = swarm_env
+    rng = random.Random(77)
+    distinct = [make_text(rng) + f"\n# variant {i}" for i in range(12)]
+    order = [distinct[i % 12] for i in range(120)]
+    rng.shuffle(order)
+    handles = [ray.get_actor(f"data-migrator-{i}", namespace="swarm") for i in range(2)]
+
+    def counted() -> tuple[int, int]:
+        infos = ray.get([h.info.remote() for h in handles])
+        return sum(i["cache_hits"] for i in infos), sum(i["cache_misses"] for i in infos)
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute("CREATE TABLE t_repeats (id int PRIMARY KEY, content text, embedding vector(384))")
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO t_repeats VALUES (%s, %s, %s)",
+                [(i + 1, t, np.ones(384, dtype=np.float32)) for i, t in enumerate(order)],
+            )
+        cfg = make("t_repeats", swarm={"shard_rows": 30}, embedding={"batch_size": 8})
+        before = counted()
+        assert commands.orchestrate(cfg, progress=False) == 0
+        hits, misses = (a - b for a, b in zip(counted(), before, strict=True))
+        assert check_vectors(conn, "t_repeats", cfg.embedding.model_path) == 120
+    assert misses == 12, f"{misses} model computations for 12 distinct contents ({hits} rows from caches)"
+    assert hits == 108
+
+
 def test_sigkill_migrator_mid_shard_resumes(swarm_env: Any) -> None:
     make, dsn, _ = swarm_env
     with psycopg.connect(dsn, autocommit=True) as conn:
