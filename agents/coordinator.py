@@ -325,9 +325,9 @@ class Coordinator:
 
     async def _catch_up(self, m: mig.Migration) -> dict[str, Any]:
         """A completed migration run again: embed what the application changed since (the sync trigger queued
-        it and nulled the stale vectors), then complete again. Like a vectorizer worker's next pass."""
+        it and nulled the stale vectors), then complete again. Like a vectorizer worker's next pass.
+        ``_complete`` does the draining."""
         await self._db(lambda c: mig.set_state(c, m.id, "running", phase="changes"), "state")
-        await self._drain(m)
         return await self._complete(m)
 
     async def _complete(self, m: mig.Migration) -> dict[str, Any]:
