@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.toml
 
-.PHONY: install demo test test-slow chaos bench lint clean stop
+.PHONY: install demo test test-slow chaos bench bench-quick lint clean stop
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 2; }
@@ -33,14 +33,18 @@ test-slow: install
 chaos: install
 	$(PY) -m pytest -q -m chaos tests/faults -p no:randomly
 
+## The performance figures against their baselines (ARGS="--quick" or ARGS="--only embed,search").
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m swarm bench
+	$(PY) -m bench $(ARGS)
+
+bench-quick:
+	$(MAKE) bench ARGS=--quick
 
 lint: install
-	$(VENV)/bin/ruff check swarm agents model tests
-	$(VENV)/bin/ruff format --check swarm agents model tests
-	$(VENV)/bin/mypy swarm agents model
+	$(VENV)/bin/ruff check swarm agents model bench tests
+	$(VENV)/bin/ruff format --check swarm agents model bench tests
+	$(VENV)/bin/mypy swarm agents model bench
 
 stop: install
 	-$(PY) -m swarm shutdown

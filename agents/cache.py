@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from swarm.log import get_logger
+from swarm.core.log import get_logger
 
 log = get_logger()
 

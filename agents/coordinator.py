@@ -20,9 +20,9 @@ import psycopg
 
 from agents.cache import Entry, SharedCache
 from swarm import migration as mig
-from swarm.config import Config
-from swarm.db import Database, ensure_vector
-from swarm.log import configure, get_logger
+from swarm.core.config import Config
+from swarm.core.log import configure, get_logger
+from swarm.store.db import Database, ensure_vector
 
 log = get_logger()
 
@@ -55,6 +55,10 @@ class Coordinator:
         self._follow: asyncio.Task[None] | None = None
         self.cache = SharedCache(self.cfg.embedding.cache_size if self.cfg.embedding.shared_cache else 0)
         self.events: list[dict[str, Any]] = []
+        if call is None and _reconstructed():
+            # Ray brought this actor back after its process died: pick the migration up again by itself,
+            # whether or not an `orchestrate` is watching (--detach).
+            _call_self_later("resume")
 
     # -- registry ------------------------------------------------------------------------------------------
     def register(self, name: str, kind: str) -> list[str]:
@@ -95,6 +99,23 @@ class Coordinator:
         self._mid = mid
         self._task = asyncio.get_running_loop().create_task(self.run(mid))
         return True
+
+    async def resume(self) -> int | None:
+        """After a restart: register the agents that are alive and resume the table's unfinished migration (or
+        follow its completed one). Returns the migration resumed, if any."""
+        from agents.runtime import list_agents
+
+        for prefix, kind in (("data-migrator-", "data-migrator"), ("validator-", "validator")):
+            for name in list_agents(prefix):
+                self.register(name, kind)
+        m = await self._db(lambda c: mig.latest(c, self.cfg), "latest")
+        if m is None or (m.state in mig.TERMINAL and m.state != "completed"):
+            return None
+        if m.state == "completed" and (m.rehearsal or m.phase == "decommissioned"):
+            return None
+        log.warning("coordinator.resumed", migration=m.id, state=m.state, phase=m.phase)
+        await self.start(m.id)
+        return m.id
 
     def running(self) -> int | None:
         return self._mid if self._task is not None and not self._task.done() else None
@@ -289,21 +310,13 @@ class Coordinator:
 
     async def _drain(self, m: mig.Migration) -> None:
         """Embed queued changes until the queue is empty and no row lacks a vector (or a dead letter)."""
-        mid = m.id
         workers = self.workers()
         for _round in range(1000):
             await self._drain_queue(m, workers)
-            missing = await self._db(lambda c: c.execute(m.target.missing_ids(), [mid, 10_000]).fetchall(), "missing")
-            if not missing:
-                return
             # Rows with no vector and no queue entry (inserted with the trigger missing, or skipped): queue them.
-            rows = [(mid, r[0]) for r in missing]
-            await self._db(
-                lambda c, rows=rows: c.cursor().executemany(
-                    "INSERT INTO swarm.changes (migration_id, row_id) VALUES (%s, %s)", rows
-                ),
-                "enqueue_missing",
-            )
+            queued = await self._db(lambda c: mig.enqueue_missing(c, m), "enqueue_missing")
+            if not queued:
+                return
         raise RuntimeError("changes did not settle after 1000 rounds")
 
     async def _drain_queue(self, m: mig.Migration, workers: list[str]) -> None:
@@ -401,6 +414,35 @@ class Coordinator:
 def _index(name: str) -> int:
     tail = name.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else 0
+
+
+def _reconstructed() -> bool:
+    """True in a coordinator actor that Ray restarted after its process died."""
+    try:
+        import ray
+
+        return bool(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not in a Ray actor
+        return False
+
+
+def _call_self_later(method: str) -> None:
+    """Call one of this actor's own methods once its constructor has returned (from a thread: the actor's
+    event loop only starts serving calls after ``__init__``)."""
+    import threading
+
+    def go() -> None:
+        import ray
+
+        from agents.runtime import COORDINATOR, NAMESPACE
+
+        try:
+            handle = ray.get_actor(COORDINATOR, namespace=NAMESPACE)
+            getattr(handle, method).remote()
+        except Exception as e:  # the next orchestrate resumes it instead
+            log.warning("coordinator.self_call_failed", method=method, error=f"{type(e).__name__}: {e}")
+
+    threading.Thread(target=go, name="coordinator-resume", daemon=True).start()
 
 
 async def _ray_call(name: str, method: str, *args: Any) -> Any:

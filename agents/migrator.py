@@ -7,7 +7,6 @@ the model is busy nearly all the time.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import threading
@@ -19,76 +18,15 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from model.stand_in import StandInEmbedder
 from swarm import migration as mig
-from swarm.config import Config
-from swarm.db import Database
-from swarm.log import configure, get_logger
-from swarm.metrics import Metrics
-from swarm.vectors import content_md5, write_vectors
+from swarm.core.config import Config
+from swarm.core.log import configure, get_logger
+from swarm.core.metrics import Metrics, peak_rss_mb, rss_mb
+from swarm.migration.backfill import Batch, BatchResult, Fenced, apply_batch, drain_changes
+from swarm.store.db import Database
 
 log = get_logger()
-
-
-class Fenced(Exception):
-    """The shard was handed to another migrator (this one was presumed dead): stop, write nothing more."""
-
-
-def rss_mb() -> float:
-    """Resident memory of this process in MiB (VmRSS)."""
-    try:
-        with open(f"/proc/{os.getpid()}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def peak_rss_mb() -> float:
-    try:
-        with open(f"/proc/{os.getpid()}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-class StandInEmbedder:
-    """Rehearsal's model: deterministic unit vectors from the text's hash, at almost no cost.
-
-    Used by ``orchestrate --rehearse`` to measure the swarm and the database without paying for the model.
-    """
-
-    model_id = "rehearsal-stand-in"
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self.sha256 = "rehearsal"
-
-    def embed_many(
-        self, texts: list[str | None], *, truncated: list[int] | None = None
-    ) -> tuple[np.ndarray, list[str | None]]:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        errors: list[str | None] = []
-        for i, t in enumerate(texts):
-            if t is None or not t.strip():
-                errors.append("NULL content" if t is None else "empty or whitespace-only content")
-                continue
-            seed = int.from_bytes(hashlib.blake2b(t.encode("utf-8", "replace"), digest_size=8).digest(), "little")
-            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out[i] = v / np.linalg.norm(v)
-            errors.append(None)
-        return out, errors
-
-
-@dataclass
-class _Batch:
-    ids: list[str]
-    texts: list[str | None]
-    last_key: str
 
 
 @dataclass
@@ -137,20 +75,9 @@ class DataMigrator:
         if rehearse:
             self.embedder: Any = self._stand_in
         else:
-            from model.embedder import LlamaEmbedder
+            from model.factory import embedder_for
 
-            e = self.cfg.embedding
-            self.embedder = LlamaEmbedder(
-                str(self.cfg.path(e.model_path)),
-                document_prefix=e.document_prefix,
-                query_prefix=e.query_prefix,
-                cache_size=e.cache_size,
-                batch_size=e.batch_size,
-                n_threads=n_threads or e.n_threads,
-                truncate_dim=e.truncate_dim,
-                flash_attn=e.flash_attn,
-                expected_dim=e.dimension,
-            )
+            self.embedder = embedder_for(self.cfg, "new", n_threads=n_threads)
         self.model_mb = max(0.0, rss_mb() - rss_before)
         self._shared = self._shared_cache()
         self._last_embed_s = 0.0
@@ -354,7 +281,7 @@ class DataMigrator:
             self._migrations[mid] = self.db.run(lambda c: mig.load(c, mid), what="load")
             m = self._migrations[mid]
             if not m.rehearsal and m.dimension != self.embedder.dim:
-                from swarm.errors import DimensionMismatch
+                from swarm.core.errors import DimensionMismatch
 
                 raise DimensionMismatch(
                     self.cfg.embedding.model_path,
@@ -371,13 +298,18 @@ class DataMigrator:
             idle_in_transaction_timeout_ms=self.cfg.swarm.idle_in_transaction_timeout_ms,
         )
 
-    def _pace(self, rows: int, migrators: int | None) -> None:
-        """Hold this migrator to its share of ``swarm.max_rows_per_second`` (backfill and drain alike)."""
+    def _turn(self, migrators: int | None) -> None:
+        """Wait until this migrator may write again under its share of ``swarm.max_rows_per_second`` (backfill
+        and drain alike); :meth:`_spent` then accounts the rows written."""
         limit = self.cfg.swarm.max_rows_per_second
         if limit <= 0:
             return
         self._limiter.set_rate(limit / max(1, migrators or self.cfg.swarm.migrators))
-        self._limiter.wait(rows)
+        self._limiter.wait_turn()
+
+    def _spent(self, rows: int) -> None:
+        if self.cfg.swarm.max_rows_per_second > 0:
+            self._limiter.spent(rows)
 
     def _take(self, mid: int, shard_id: int, attempt: int) -> threading.Event:
         """Register this run of a shard; a run of an older attempt still going on here is told to stop."""
@@ -437,7 +369,7 @@ class DataMigrator:
         started = time.monotonic()
         rows = failed = 0
         self._register("running")
-        reader: queue.Queue[_Batch | None | BaseException] = queue.Queue(maxsize=2)
+        reader: queue.Queue[Batch | None | BaseException] = queue.Queue(maxsize=2)
         stop = threading.Event()
 
         def read_ahead() -> None:
@@ -449,7 +381,7 @@ class DataMigrator:
                     if not got:
                         reader.put(None)
                         return
-                    b = _Batch([r[0] for r in got], [r[1] for r in got], got[-1][0])
+                    b = Batch([r[0] for r in got], [r[1] for r in got], got[-1][0])
                     after = b.last_key
                     reader.put(b)
             except BaseException as e:  # surfaced in the main thread
@@ -474,10 +406,11 @@ class DataMigrator:
                     if pending is not None:
                         r, f = pending.result()  # keeps writes in order; raises Fenced
                         rows, failed = rows + r, failed + f
+                    self._turn(migrators)  # the model computed the batch meanwhile; only the write waits
                     pending = writer.submit(
                         self._write, wdb, m, shard_id, attempt, item, vectors, errors, embed_s, truncated
                     )
-                    self._pace(len(item.ids), migrators)
+                    self._spent(len(item.ids))
                 if pending is not None:
                     r, f = pending.result()
                     rows, failed = rows + r, failed + f
@@ -506,7 +439,7 @@ class DataMigrator:
         m: mig.Migration,
         shard_id: int,
         attempt: int,
-        b: _Batch,
+        b: Batch,
         vectors: np.ndarray,
         errors: list[str | None],
         embed_s: float,
@@ -514,77 +447,32 @@ class DataMigrator:
     ) -> tuple[int, int]:
         """One transaction: the vectors, the dead letters, the checkpoint (fenced), the batch record."""
 
-        def go(conn: psycopg.Connection) -> tuple[int, int]:
+        def go(conn: psycopg.Connection) -> BatchResult:
             with conn.transaction():
-                return self._apply(conn, m, b, vectors, errors, embed_s, shard_id, attempt, truncated)
-
-        return wdb.run(go, what="write_batch")
-
-    def _apply(
-        self,
-        conn: psycopg.Connection,
-        m: mig.Migration,
-        b: _Batch,
-        vectors: np.ndarray,
-        errors: list[str | None],
-        embed_s: float,
-        shard_id: int | None = None,
-        attempt: int | None = None,
-        truncated: int = 0,
-    ) -> tuple[int, int]:
-        """Write a batch inside the caller's transaction; advance the shard checkpoint when given one."""
-        t0 = time.monotonic()
-        ok = [i for i, e in enumerate(errors) if e is None]
-        bad = [i for i, e in enumerate(errors) if e is not None]
-        ids = [b.ids[i] for i in ok]
-        md5s = [content_md5(b.texts[i]) for i in ok]  # type: ignore[arg-type]
-        written = write_vectors(
-            conn,
-            m.target,
-            ids,
-            md5s,
-            vectors[ok] if ok else vectors[:0],
-            column_type=m.column_type,
-            dim=m.dimension,
-        )
-        if ids:
-            conn.execute("DELETE FROM swarm.dead_letters WHERE migration_id = %s AND row_id = ANY(%s)", [m.id, ids])
-        if bad:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO swarm.dead_letters (migration_id, row_id, reason, content_md5) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (migration_id, row_id) DO UPDATE "
-                    "SET reason = EXCLUDED.reason, content_md5 = EXCLUDED.content_md5, at = now()",
-                    [
-                        (
-                            m.id,
-                            b.ids[i],
-                            errors[i],
-                            content_md5(b.texts[i]) if b.texts[i] is not None else None,
-                        )
-                        for i in bad
-                    ],
+                return apply_batch(
+                    conn,
+                    m,
+                    b,
+                    vectors,
+                    errors,
+                    worker=self.name,
+                    embed_seconds=embed_s,
+                    truncated=truncated,
+                    shard=(shard_id, attempt),
                 )
-        if shard_id is not None:
-            cur2 = conn.execute(
-                "UPDATE swarm.shards SET last_key = %s, rows_done = rows_done + %s, "
-                "rows_failed = rows_failed + %s, updated_at = now() "
-                "WHERE migration_id = %s AND shard_id = %s AND attempt = %s AND state = 'running'",
-                [b.last_key, len(ok), len(bad), m.id, shard_id, attempt],
-            )
-            if cur2.rowcount != 1:
-                raise Fenced()
-        conn.execute(
-            "INSERT INTO swarm.batches (migration_id, shard_id, worker, rows, truncated, embed_seconds, seconds) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [m.id, shard_id, self.name, len(b.ids), truncated, embed_s, embed_s + (time.monotonic() - t0)],
-        )
-        self.stats.rows += len(ok)
-        self.stats.failed += len(bad)
+
+        r = wdb.run(go, what="write_batch")
+        self._count(m, r, shard_id)
+        return r.ok, r.failed
+
+    def _count(self, m: mig.Migration, r: BatchResult, shard_id: int | None) -> None:
+        """A committed batch in this migrator's stats, its Ray metrics and its log."""
+        self.stats.rows += r.ok
+        self.stats.failed += r.failed
         self.stats.batches += 1
-        self.stats.skipped_stale += len(ok) - written
-        self.metrics.inc("rows_migrated", written, m.id)
-        self.metrics.inc("rows_failed", len(bad), m.id)
+        self.stats.skipped_stale += r.ok - r.written
+        self.metrics.inc("rows_migrated", r.written, m.id)
+        self.metrics.inc("rows_failed", r.failed, m.id)
         self.metrics.inc("batches", 1, m.id)
         est = getattr(self.embedder, "stats", None)
         if est is not None and getattr(est, "seconds", 0):
@@ -597,12 +485,11 @@ class DataMigrator:
             migration=m.id,
             shard=shard_id,
             batch=self.stats.batches,
-            rows=len(ok),
-            failed=len(bad),
-            written=written,
-            embed_s=round(embed_s, 3),
+            rows=r.ok,
+            failed=r.failed,
+            written=r.written,
+            embed_s=round(r.embed_seconds, 3),
         )
-        return len(ok), len(bad)
 
     _last_hits = 0
     _last_misses = 0
@@ -620,59 +507,46 @@ class DataMigrator:
         wdb.run(go, what="finish_shard")
 
     def drain_changes(self, mid: int, limit: int | None = None, migrators: int | None = None) -> int:
-        """Embed rows the application inserted or changed (queued by the sync trigger). Returns entries done.
-
-        Entries are claimed with ``FOR UPDATE SKIP LOCKED`` so several migrators drain in parallel, and deleted
-        in the transaction that writes their vectors.
-        """
+        """Embed rows the application inserted or changed (queued by the sync trigger): one round of
+        :func:`swarm.migration.backfill.drain_changes`. Returns the queue entries done."""
         m = self._migration(mid)
-        limit = limit or self.cfg.embedding.batch_size
-
-        def go(conn: psycopg.Connection) -> int:
-            with conn.transaction():
-                claimed = conn.execute(
-                    "SELECT seq, row_id FROM swarm.changes WHERE migration_id = %s ORDER BY seq "
-                    "LIMIT %s FOR UPDATE SKIP LOCKED",
-                    [mid, limit],
-                ).fetchall()
-                if not claimed:
-                    return 0
-                row_ids = sorted({r[1] for r in claimed})
-                rows = conn.execute(m.target.read_rows_needing(), [row_ids]).fetchall()
-                if rows:
-                    b = _Batch([r[0] for r in rows], [r[1] for r in rows], rows[-1][0])
-                    t0 = time.monotonic()
-                    vectors, errors, truncated = self._embed(m, b.texts)
-                    embed_s = time.monotonic() - t0
-                    self._apply(conn, m, b, vectors, errors, embed_s, truncated=truncated)
-                conn.execute("DELETE FROM swarm.changes WHERE seq = ANY(%s)", [[r[0] for r in claimed]])
-                return len(claimed)
-
         with self._drain_lock:
-            done = self.drain_db.run(go, what="drain_changes")
-            self._pace(done, migrators)
+            self._turn(migrators)
+            done, r = drain_changes(
+                self.drain_db,
+                m,
+                lambda texts: self._embed(m, texts),
+                worker=self.name,
+                limit=limit or self.cfg.embedding.batch_size,
+            )
+            if r is not None:
+                self._count(m, r, None)
+            self._spent(done)
         return done
 
 
 class _RateLimiter:
-    """Keeps this migrator under its share of ``swarm.max_rows_per_second`` (0: no limit)."""
+    """Keeps this migrator under its share of ``swarm.max_rows_per_second``: a write of n rows may start only
+    n / rate seconds after the previous one started. Nothing is banked while idle, so no window of time ever
+    sees more than the rate plus one batch (a token bucket would let an idle migrator burst)."""
 
     def __init__(self, rows_per_second: float) -> None:
         self.rate = rows_per_second
         self._lock = threading.Lock()
-        self._next = time.monotonic()  # when the next row may be written
+        self._next = 0.0  # monotonic time before which the next write may not start
 
     def set_rate(self, rows_per_second: float) -> None:
         self.rate = rows_per_second
 
-    def wait(self, rows: int) -> None:
-        """Account ``rows`` just written and sleep so the average stays at the rate; idle time is not banked
-        beyond one second, so a migrator that sat idle cannot burst."""
+    def wait_turn(self) -> None:
+        with self._lock:
+            ahead = self._next - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+
+    def spent(self, rows: int) -> None:
+        """A write of ``rows`` started now (or just ended): the next may start ``rows / rate`` seconds later."""
         if self.rate <= 0 or rows <= 0:
             return
         with self._lock:
-            now = time.monotonic()
-            self._next = max(self._next, now - 1.0) + rows / self.rate
-            ahead = self._next - now
-        if ahead > 0:
-            time.sleep(ahead)
+            self._next = max(self._next, time.monotonic()) + rows / self.rate

@@ -19,10 +19,10 @@ import time
 from typing import Any
 
 from swarm import migration as mig
-from swarm.config import Config
-from swarm.db import Database
-from swarm.errors import SwarmError
-from swarm.log import configure, get_logger
+from swarm.core.config import Config
+from swarm.core.errors import SwarmError
+from swarm.core.log import configure, get_logger
+from swarm.store.db import Database
 
 log = get_logger()
 
@@ -42,11 +42,17 @@ class Validator:
     def ping(self) -> str:
         return self.name
 
+    def close(self) -> None:
+        """Close this validator's connections (its own and its router's)."""
+        self.db.close()
+        if self._router is not None:
+            self._router.close()
+
     @property
     def router(self) -> Any:
         """One router for validation (unrecorded searches) and rollout replays (recorded as ``replay``)."""
         if self._router is None:
-            from swarm.router import Router
+            from swarm.serving.router import Router
 
             self._router = Router(self.cfg, self.dsn, source="replay")
         return self._router
@@ -62,9 +68,9 @@ class Validator:
     # -- validation ----------------------------------------------------------------------------------------
     def validate(self, mid: int) -> dict[str, Any]:
         """Compare both arms on the sampled query set; returns the report with its ``failures``."""
-        from swarm.errors import ConfigError
+        from swarm.core.errors import ConfigError
         from swarm.quality import check_gates, mean_overlap, sample, summarize
-        from swarm.router import Share
+        from swarm.serving.router import Share
 
         started = time.monotonic()
         v = self.cfg.validation
@@ -153,8 +159,8 @@ class Validator:
     # -- rollout -------------------------------------------------------------------------------------------
     def rollout(self, mid: int) -> dict[str, Any]:
         """Step the share through ``[rollout].steps`` (see :func:`swarm.rollout.auto`)."""
-        from swarm import rollout
         from swarm.quality import sample
+        from swarm.serving import rollout
 
         m = self.db.run(lambda c: mig.load(c, mid), what="load")
         try:

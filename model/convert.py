@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from swarm.errors import ModelError
+from model.errors import ModelError
 
 log = structlog.get_logger()
 

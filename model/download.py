@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from swarm.errors import ModelError
+from model.errors import ModelError
 
 log = structlog.get_logger()
 

@@ -34,8 +34,8 @@ import numpy as np
 import structlog
 
 from model import _llama_log
+from model.errors import ConfigError, DimensionMismatch, ModelError, UnembeddableText
 from model.gguf_info import ModelInfo, check_embedding, read_info
-from swarm.errors import ConfigError, DimensionMismatch, ModelError, SwarmError
 
 log = structlog.get_logger()
 
@@ -56,15 +56,6 @@ DEFAULT_BATCH_TOKENS = 512
 #: length: 512 → 2,721 / 2,567; 384 → 3,025 / 3,017; 256 → 3,077 / 3,143; 128 → 2,870 / 2,590.
 DEFAULT_PACK_TOKENS = 256
 DEFAULT_BATCH_TOKENS_NO_FLASH = 512
-
-
-class UnembeddableText(SwarmError, ValueError):
-    """A text that cannot be embedded (``None``, empty, whitespace-only, not a string, no tokens)."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"text #{index}: {reason}; skip or fix that row")
-        self.args = (index, reason)
-        self.index, self.reason = index, reason
 
 
 @dataclass

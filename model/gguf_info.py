@@ -19,7 +19,7 @@ import gguf
 import structlog
 
 from model.download import file_sha256
-from swarm.errors import DimensionMismatch, ModelError
+from model.errors import DimensionMismatch, ModelError
 
 log = structlog.get_logger()
 

@@ -15,9 +15,9 @@ import structlog
 
 from model.convert import convert_minilm
 from model.download import pull
+from model.errors import ModelError
 from model.gguf_info import read_info
 from model.quantize import quantize
-from swarm.errors import ModelError
 
 __all__ = ["F16_NAME", "Q8_NAME", "prepare", "pull"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from model import _llama_log
-from swarm.errors import ModelError
+from model.errors import ModelError
 
 log = structlog.get_logger()
 

@@ -3,7 +3,7 @@
 Scripted migrations call these directly::
 
     from swarm import commands
-    from swarm.config import load_config
+    from swarm.core.config import load_config
     cfg = load_config("configs/demo.toml")
     commands.orchestrate(cfg, "Migrate embeddings to Nomic")
 
@@ -13,17 +13,13 @@ instant.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from swarm import migration as mig
-from swarm.config import Config, load_config
-from swarm.db import Database, embedded_server, resolve_dsn, stop_embedded
-from swarm.errors import (
+from swarm.core.config import Config
+from swarm.core.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_ROLLED_BACK,
@@ -32,7 +28,10 @@ from swarm.errors import (
     SwarmError,
     UsageError,
 )
-from swarm.log import get_logger
+from swarm.core.log import get_logger
+from swarm.store.db import Database
+from swarm.store.embedded import embedded_server, resolve_dsn, stop_embedded
+from swarm.store.schema import init_schema
 
 log = get_logger()
 
@@ -46,7 +45,7 @@ def _out(text: str = "") -> None:
 # --------------------------------------------------------------------------------------------------------------
 def db_url(cfg: Config) -> str:
     """The connection URL of the configured database (the embedded one is started if needed), password masked."""
-    from swarm.config import redact_dsn
+    from swarm.core.config import redact_dsn
 
     return redact_dsn(resolve_dsn(cfg))
 
@@ -103,7 +102,7 @@ def model_pull(url: str, sha256: str, to: str = "model") -> Path:
 def demo_seed(
     cfg: Config, *, limit: int | None = None, queries: int = 600, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    from swarm.seed import seed
+    from swarm.ops.demo import seed
 
     for p in (cfg.legacy.model_path,):
         if not cfg.path(p).exists():
@@ -152,7 +151,7 @@ def preflight(cfg: Config, db: Database, *, rehearse: bool = False) -> tuple[Any
         from swarm.quality import load_queries
 
         load_queries(cfg.path(cfg.validation.queries))  # a missing or malformed query set fails now, not after
-    server = mig.init_schema(db)  # the first write, after every check passed
+    server = init_schema(db)  # the first write, after every check passed
     return info, table, server
 
 
@@ -165,15 +164,16 @@ def _payload(cfg: Config, dsn: str) -> dict[str, Any]:
 
 def init(cfg: Config, *, topology: str = "hierarchical", address: str | None = None) -> dict[str, Any]:
     """Connect to (or start) Ray, create the coordinator, create the bookkeeping tables. Idempotent."""
-    from swarm.config import TOPOLOGIES
+    from swarm.core.config import TOPOLOGIES
 
     if topology not in TOPOLOGIES:
         raise ConfigError("--topology", topology, f"unknown topology; supported: {', '.join(TOPOLOGIES)}")
     dsn = resolve_dsn(cfg)
     db = Database(dsn)
-    server = mig.init_schema(db)
+    server = init_schema(db)
     db.close()
-    from swarm import agents_ray, runtime
+    from agents import actors as agents_ray
+    from agents import runtime
 
     record = runtime.connect(
         cfg.state_dir, address or cfg.swarm.ray_address or None, dashboard_host=cfg.swarm.dashboard_host
@@ -196,7 +196,8 @@ def spawn(cfg: Config, kind: str, count: int = 1, *, rehearse: bool = False) -> 
     """Add ``count`` named, detached agents of ``kind`` that register with the coordinator."""
     if count < 1:
         raise UsageError(f"--count {count}: must be >= 1")
-    from swarm import agents_ray, runtime
+    from agents import actors as agents_ray
+    from agents import runtime
 
     runtime.connect(cfg.state_dir, cfg.swarm.ray_address or None, start=False)
     dsn = resolve_dsn(cfg)
@@ -223,7 +224,8 @@ def spawn(cfg: Config, kind: str, count: int = 1, *, rehearse: bool = False) -> 
 
 def shutdown(cfg: Config) -> dict[str, Any]:
     """Stop the swarm's actors, and the local Ray head if ``init`` started it."""
-    from swarm import agents_ray, runtime
+    from agents import actors as agents_ray
+    from agents import runtime
 
     try:
         runtime.connect(cfg.state_dir, cfg.swarm.ray_address or None, start=False)
@@ -241,7 +243,8 @@ def ensure_swarm(cfg: Config, dsn: str, *, rehearse: bool = False) -> Any:
     """The coordinator handle, after creating whatever part of the swarm is missing (config defaults)."""
     import ray
 
-    from swarm import agents_ray, runtime
+    from agents import actors as agents_ray
+    from agents import runtime
 
     runtime.connect(cfg.state_dir, cfg.swarm.ray_address or None, dashboard_host=cfg.swarm.dashboard_host)
     payload = _payload(cfg, dsn)
@@ -313,7 +316,7 @@ def orchestrate(
         if verbose:
             _out(f"migration {m.id} started; follow it with `python -m swarm status --watch`")
         return EXIT_OK
-    from swarm.progress import watch
+    from swarm.ops.progress import watch
 
     try:
         final = watch(db, m, coord=coord, live=progress and sys.stdout.isatty(), quiet=not progress, poll=poll)
@@ -323,7 +326,7 @@ def orchestrate(
         raise
     paths = _write_report(cfg, db, m.id)
     if verbose:
-        from swarm.progress import summary
+        from swarm.ops.progress import summary
 
         _out(summary(final))
         if paths:
@@ -333,10 +336,10 @@ def orchestrate(
 
 def _write_report(cfg: Config, db: Database, mid: int) -> dict[str, str]:
     """The migration's audit report under reports/; a failure here is logged, never fatal to the migration."""
-    from swarm import report
+    from swarm.ops import report as ops_report
 
     try:
-        return report.write(cfg, db, mid)
+        return ops_report.write(cfg, db, mid)
     except Exception:
         log.exception("report.failed", migration=mid)
         return {}
@@ -368,7 +371,7 @@ def status(cfg: Config) -> dict[str, Any]:
         what="agents",
     )
     st["dead_letters"] = db.run(lambda c: mig.dead_letters(c, m.id, 20), what="dead_letters")
-    from swarm import alerts
+    from swarm.serving import alerts
 
     st["alerts"] = db.run(lambda c: alerts.firing(c, m.id), what="alerts")
     db.close()
@@ -376,21 +379,30 @@ def status(cfg: Config) -> dict[str, Any]:
 
 
 def rollback(cfg: Config, *, reason: str = "manual rollback", keep_data: bool = False) -> dict[str, Any]:
-    """Share to 0%, stop the migrators, drop the new column and its index (unless ``keep_data``)."""
-    dsn = resolve_dsn(cfg)
-    db = Database(dsn)
-    m = db.run(lambda c: mig.latest(c, cfg), what="latest")
-    if m is None:
-        raise UsageError(f"no migration of {cfg.database.table} to roll back")
-    if m.state == "rolled_back":
-        raise UsageError(f"migration {m.id} is already rolled back ({m.reason})")
-    if m.phase == "decommissioned":
-        raise UsageError(
-            f"migration {m.id} was decommissioned: the legacy column is gone and there is nothing to roll back to; "
-            "restore it from the archive table if you must"
-        )
+    """Share to 0%, stop the migrators, drop the new column and its index (unless ``keep_data``).
+
+    The coordinator is stopped first when a swarm runs (its run and its following end), then
+    :func:`swarm.migration.rollback` does the rest: the one rollback, whoever asks for it.
+    """
+    db = Database(resolve_dsn(cfg))
     try:
-        from swarm import runtime
+        m = current_migration(db, cfg, rehearse=None)
+        if m.state == "rolled_back":
+            raise UsageError(f"migration {m.id} is already rolled back ({m.reason})")
+        if m.phase == "decommissioned":
+            raise UsageError(
+                f"migration {m.id} was decommissioned: the legacy column is gone and there is nothing to roll back "
+                "to; restore it from the archive table if you must"
+            )
+        _stop_coordinator(cfg)
+        return mig.rollback(db, m, cfg, reason=reason, keep_data=keep_data)
+    finally:
+        db.close()
+
+
+def _stop_coordinator(cfg: Config) -> None:
+    try:
+        from agents import runtime
 
         runtime.connect(cfg.state_dir, cfg.swarm.ray_address or None, start=False)
         coord = runtime.get_actor(runtime.COORDINATOR)
@@ -400,135 +412,101 @@ def rollback(cfg: Config, *, reason: str = "manual rollback", keep_data: bool = 
             ray.get(coord.stop.remote(), timeout=30)
     except SwarmError:
         pass  # no swarm running: nothing to stop
-    return mig.rollback(db, m, cfg, reason=reason, keep_data=keep_data)
+
+
+def current_migration(db: Database, cfg: Config, *, rehearse: bool | None = False) -> mig.Migration:
+    """The newest migration of the configured table; a clear error when there is none."""
+    m = db.run(lambda c: mig.latest(c, cfg, rehearse=rehearse), what="latest")
+    if m is None:
+        raise UsageError(f"no migration of {cfg.database.table}; run `python -m swarm orchestrate` first")
+    return m
 
 
 # --------------------------------------------------------------------------------------------------------------
-# dispatch
+# assess / validate / rollout / search / serve / decommission / report
 # --------------------------------------------------------------------------------------------------------------
-def _texts_from_stdin(jsonl: bool) -> list[str]:
-    texts: list[str] = []
-    for n, line in enumerate(sys.stdin, 1):
-        line = line.rstrip("\n")
-        if jsonl:
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                texts.append(obj["text"])
-            except (ValueError, KeyError, TypeError):
-                raise UsageError(f'stdin line {n}: expected {{"text": ...}}, got {line[:60]!r}') from None
-        else:
-            texts.append(line)
-    return texts
+def assess(cfg: Config, *, sample_rows: int = 256, progress: Any = None) -> dict[str, Any]:
+    """Phase 1: sizes, token lengths, throughput, legacy search quality; changes nothing."""
+    from swarm.ops import assess as ops_assess
+
+    return ops_assess.assess(cfg, sample_rows=sample_rows, progress=progress)
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Run the command the CLI parsed; returns the exit code."""
-    cmd = args.command
-    if cmd == "model":
-        sub = args.model_command
-        if sub == "prepare":
-            for path, what in model_prepare(args.to):
-                _out(f"{what}: {path}")
-            return EXIT_OK
-        if sub == "inspect":
-            info = model_inspect(args.path)
-            if args.json:
-                from dataclasses import asdict
+def validate(cfg: Config) -> dict[str, Any]:
+    """Legacy vs new search on the query set, with the gates (a validator in this process)."""
+    from agents.validator import Validator
 
-                _out(json.dumps(asdict(info), default=str, indent=2))
-            else:
-                from model.gguf_info import format_info
-
-                _out(format_info(info))
-            return EXIT_OK
-        if sub == "embed":
-            cfg = _maybe_config(args)
-            texts = _texts_from_stdin(args.jsonl)
-            if texts:
-                vecs = model_embed(args.model, texts, query=args.query, prefix=args.prefix, cfg=cfg)
-                for v in vecs:
-                    sys.stdout.write(json.dumps([round(float(x), 7) for x in v]) + "\n")
-            return EXIT_OK
-        if sub == "pull":
-            _out(f"pulled: {model_pull(args.url, args.sha256, args.to)}")
-            return EXIT_OK
-    cfg = load_config(getattr(args, "config", None))
-    from swarm import cli_quality
-
-    handled = cli_quality.dispatch(args, cfg)
-    if handled is not None:
-        return handled
-    if cmd == "bench":
-        from swarm.bench import run as run_bench
-
-        return run_bench(cfg, only=args.only.split(",") if args.only else None, quick=args.quick)
-    if cmd == "db":
-        if args.db_command == "url":
-            _out(db_url(cfg))
-        elif args.db_command == "stop":
-            _out("stopped" if db_stop(cfg) else "not running")
-        else:
-            _out(db_start(cfg))
-        return EXIT_OK
-    if cmd == "demo":
-        r = demo_seed(cfg, limit=args.limit, queries=args.queries, force=args.force, progress=sys.stderr.isatty())
-        verb = "seeded" if r["created"] else "already seeded"
-        _out(
-            f"{verb}: {r['table']} with {r['rows']} documents, {r['queries']} queries"
-            + (f" in {r['seconds']} s" if r.get("seconds") else "")
-        )
-        return EXIT_OK
-    if cmd == "init":
-        r = init(cfg, topology=args.topology, address=args.address)
-        _out(
-            f"swarm ready: ray {r['ray_address']}, dashboard {r.get('dashboard') or '-'}, coordinator up, "
-            f"pgvector {r['pgvector']}"
-        )
-        return EXIT_OK
-    if cmd == "spawn":
-        names = spawn(cfg, args.kind, args.count)
-        _out("spawned: " + ", ".join(names))
-        return EXIT_OK
-    if cmd == "orchestrate":
-        return orchestrate(
-            cfg,
-            args.name,
-            detach=args.detach,
-            rehearse=args.rehearse,
-            progress=not args.no_progress,
-            verbose=True,
-        )
-    if cmd == "status":
-        from swarm.progress import render_status
-
-        while True:
-            st = status(cfg)
-            _out(json.dumps(st, indent=2, default=str) if args.json else render_status(st))
-            if not args.watch or st["state"] in (*mig.TERMINAL, "none"):
-                return EXIT_OK
-            time.sleep(2)
-    if cmd == "shutdown":
-        r = shutdown(cfg)
-        _out(f"stopped {len(r['killed'])} actors" + (", and the Ray head" if r["head_stopped"] else ""))
-        return EXIT_OK
-    if cmd == "rollback":
-        r = rollback(cfg, reason=args.reason, keep_data=args.keep_data)
-        _out(
-            f"rolled back migration {r['migration']}: share 0% in {r['share_zero_seconds']} s, "
-            f"{'new column dropped' if r['dropped_column'] else 'new column kept'}, "
-            f"legacy column {'unchanged' if r['legacy_intact'] else 'CHANGED'} ({r['legacy_checksum']})"
-        )
-        return EXIT_OK if r["legacy_intact"] else EXIT_FAILED
-    raise UsageError(f"unknown command {cmd}")
-
-
-def _maybe_config(args: argparse.Namespace) -> Config | None:
-    """The config for prefixes when one is given or the default exists; an explicit bad one is an error."""
-    if getattr(args, "config", None):
-        return load_config(args.config)
+    dsn = resolve_dsn(cfg)
+    db = Database(dsn)
     try:
-        return load_config(None)
-    except ConfigError:
-        return None
+        m = current_migration(db, cfg)
+    finally:
+        db.close()
+    validator = Validator("validator-cli", cfg.to_payload(dsn))
+    try:
+        return validator.validate(m.id)
+    finally:
+        validator.close()
+
+
+def rollout(
+    cfg: Config, *, percent: float | None = None, auto: bool = False, out: Any = None
+) -> tuple[int, dict[str, Any]]:
+    """Set the share of queries on the new column, or step through ``[rollout].steps`` (``auto``): a failed
+    step rolls back (exit code 3). Returns (exit code, what happened)."""
+    from swarm.serving import rollout as serving_rollout
+
+    dsn = resolve_dsn(cfg)
+    db = Database(dsn, application_name="swarm:rollout")
+    try:
+        m = current_migration(db, cfg)
+        if not auto:
+            if percent is None:
+                raise UsageError("rollout: give --percent N or --auto")
+            prev = serving_rollout.set_percent(db, m, percent, reason="manual")
+            return EXIT_OK, {"migration": m.id, "previous": prev, "percent": percent, "failures": []}
+        result = serving_rollout.run_auto(cfg, db, m, dsn, out=out)
+    finally:
+        db.close()
+    if result["failures"]:
+        result["rollback"] = rollback(cfg, reason="rollout failed: " + "; ".join(result["failures"]))
+        return EXIT_ROLLED_BACK, result
+    return EXIT_OK, result
+
+
+def search(cfg: Config, query: str, *, k: int = 10, caller: str | None = None) -> Any:
+    """One query through the router (legacy or new column by the rollout share)."""
+    from swarm.serving.router import Router
+
+    router = Router(cfg, resolve_dsn(cfg), source="search")
+    try:
+        return router.search(query, k=k, caller=caller)
+    finally:
+        router.close()
+
+
+def serve(cfg: Config, *, host: str = "127.0.0.1", port: int = 8765, out: Any = print) -> None:
+    """HTTP search endpoint until interrupted."""
+    from swarm.serving import http
+
+    if port < 0 or port > 65535:
+        raise UsageError(f"--port {port}: must be 0..65535")
+    http.serve(cfg, resolve_dsn(cfg), host=host, port=port, out=out)
+
+
+def decommission(cfg: Config, *, archive: str | None = None) -> dict[str, Any]:
+    """After 100% with passing gates: archive the legacy embeddings and drop the legacy column."""
+    from swarm.ops import decommission as ops_decommission
+
+    return ops_decommission.decommission(cfg, resolve_dsn(cfg), archive=archive)
+
+
+def report(cfg: Config) -> dict[str, str]:
+    """The latest migration's report under reports/ (Markdown, JSON, PNG charts)."""
+    from swarm.ops import report as ops_report
+
+    db = Database(resolve_dsn(cfg))
+    try:
+        return ops_report.write(cfg, db, current_migration(db, cfg).id)
+    finally:
+        db.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from swarm.config import Config, load_config
+from swarm.core.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,18 +49,27 @@ def _with_db(dsn: str, dbname: str) -> str:
     return make_conninfo(**params)
 
 
+@contextmanager
+def scratch_database(admin_dsn: str, prefix: str) -> Iterator[str]:
+    """A new database with pgvector on the session's server (its DSN), dropped when the block ends."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(admin_dsn, name)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    try:
+        yield url
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture()
 def dsn(pg_server_dsn: str) -> Iterator[str]:
     """A fresh database with pgvector for this test; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(pg_server_dsn, name)
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    yield url
-    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(pg_server_dsn, "t") as url:
+        yield url
 
 
 @pytest.fixture()
@@ -92,15 +102,8 @@ def make_config(tmp_path: Path, dsn: str, monkeypatch: pytest.MonkeyPatch) -> An
 @pytest.fixture(scope="module")
 def module_dsn(pg_server_dsn: str) -> Iterator[str]:
     """A database shared by one test module (tests that reuse one swarm use distinct tables in it)."""
-    name = f"m_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(pg_server_dsn, name)
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    yield url
-    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(pg_server_dsn, "m") as url:
+        yield url
 
 
 def config_for(dsn: str, root: Path, **sections: dict[str, Any]) -> Config:

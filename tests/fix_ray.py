@@ -16,7 +16,7 @@ import pytest
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     import ray
 
-    from swarm import runtime
+    from agents import runtime
 
     state = tmp_path_factory.mktemp("ray-state")
     record = runtime.start_head(state)
@@ -29,7 +29,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 @pytest.fixture()
 def swarm_actors(ray_head: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The session's Ray head; every swarm actor is killed after the test."""
-    from swarm import agents_ray
+    from agents import actors as agents_ray
 
     agents_ray.kill_all()
     yield ray_head

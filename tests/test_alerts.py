@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from swarm.alerts import AlertEvaluator, firing, load_rules, parse_rules
-from swarm.errors import ConfigError
+from swarm.core.errors import ConfigError
+from swarm.serving.alerts import AlertEvaluator, firing, load_rules, parse_rules
 from tests.test_router import Migrated, migrated, quality_root  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 def test_a_rule_fires_only_after_holding_for_its_duration(migrated: Migrated) -> None:  # noqa: F811
-    from swarm.router import Router
+    from swarm.serving.router import Router
 
     hook = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -170,7 +170,7 @@ def test_a_rule_fires_only_after_holding_for_its_duration(migrated: Migrated) ->
 
 
 def test_a_condition_that_stops_holding_restarts_the_wait(migrated: Migrated) -> None:  # noqa: F811
-    from swarm.router import Router
+    from swarm.serving.router import Router
 
     rules = parse_rules([{"name": "busy", "condition": "queries >= 5", "duration": "60s"}])
     ev = AlertEvaluator(rules, migrated.db(), migration_id=migrated.mid, lookback_s=600)
@@ -189,8 +189,8 @@ def test_a_condition_that_stops_holding_restarts_the_wait(migrated: Migrated) ->
 
 
 def test_error_rate_on_the_new_column_fires_an_alert(migrated: Migrated) -> None:  # noqa: F811
-    from swarm.rollout import set_percent
-    from swarm.router import Router
+    from swarm.serving.rollout import set_percent
+    from swarm.serving.router import Router
 
     set_percent(migrated.db(), migrated.migration(), 100)
     with psycopg.connect(migrated.dsn, autocommit=True) as c:

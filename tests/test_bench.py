@@ -1,4 +1,5 @@
-"""swarm.bench: how figures are judged, tabulated and written, and one cheap figure run for real (``--quick``).
+"""The benchmark (bench/): how figures are judged, tabulated and written, and one cheap figure run for real
+(``--quick``).
 
 No timing is asserted here: the figures' values depend on the machine; the bench itself reports them against
 baselines measured in the same run.
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swarm import bench
-from swarm.bench import Result, Target
-from swarm.config import load_config
-from swarm.errors import UsageError
+from bench import results
+from bench import search as bench_search
+from bench.results import Result, Target
+from bench.run import run as bench_run
+from swarm.core.config import load_config
+from swarm.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 MACHINE = {
@@ -45,12 +48,12 @@ def test_targets_judge_the_value_or_the_ratio() -> None:
 
 
 def test_ratio_percentile_and_recall() -> None:
-    assert bench.ratio(3.0, 2.0) == 1.5
-    assert bench.ratio(3.0, 0.0) is None and bench.ratio(None, 2.0) is None
-    assert bench.percentile(list(range(1, 101)), 95) == pytest.approx(95.05)
-    assert bench.recall_at_k([[1, 2, 3], [4, 5, 9]], [[3, 2, 1], [4, 5, 6]], k=3) == pytest.approx((1 + 2 / 3) / 2)
+    assert results.ratio(3.0, 2.0) == 1.5
+    assert results.ratio(3.0, 0.0) is None and results.ratio(None, 2.0) is None
+    assert results.percentile(list(range(1, 101)), 95) == pytest.approx(95.05)
+    assert results.mean_recall([[1, 2, 3], [4, 5, 9]], [[3, 2, 1], [4, 5, 6]], k=3) == pytest.approx((1 + 2 / 3) / 2)
     with pytest.raises(ValueError):
-        bench.recall_at_k([[1]], [[1], [2]], k=1)
+        results.mean_recall([[1]], [[1], [2]], k=1)
 
 
 def test_a_result_passes_misses_or_errors() -> None:
@@ -60,7 +63,7 @@ def test_a_result_passes_misses_or_errors() -> None:
         "rows/s",
         Target(">=", 0.9, "ratio"),
         baseline=100.0,
-        ratio=bench.ratio(95.0, 100.0),
+        ratio=results.ratio(95.0, 100.0),
     )
     slow = Result(
         "pipeline_efficiency",
@@ -68,7 +71,7 @@ def test_a_result_passes_misses_or_errors() -> None:
         "rows/s",
         Target(">=", 0.9, "ratio"),
         baseline=100.0,
-        ratio=bench.ratio(80.0, 100.0),
+        ratio=results.ratio(80.0, 100.0),
     )
     broken = Result("cache_hit_rate", None, "", Target(">=", 0.9), error="SwarmError: the migration failed")
     assert (ok.verdict, slow.verdict, broken.verdict) == ("pass", "miss", "error")
@@ -78,11 +81,11 @@ def test_a_result_passes_misses_or_errors() -> None:
 
 
 def test_figure_selection_takes_names_and_aliases_in_bench_order() -> None:
-    assert bench.select_figures(None) == list(bench.FIGURES)
-    assert bench.select_figures(["search_recall_at_10", "embed", "search_p95_ms"]) == ["embed", "search"]
-    assert bench.select_figures(["overhead_per_row_us", "cache"]) == ["cache", "overhead"]
+    assert results.select_figures(None) == list(results.FIGURES)
+    assert results.select_figures(["search_recall_at_10", "embed", "search_p95_ms"]) == ["embed", "search"]
+    assert results.select_figures(["overhead_per_row_us", "cache"]) == ["cache", "overhead"]
     with pytest.raises(UsageError, match="no such figure"):
-        bench.select_figures(["embedding"])
+        results.select_figures(["embedding"])
 
 
 def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: Path) -> None:
@@ -101,7 +104,7 @@ def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: 
         Result("migrator_rss_mb", 412.0, "MB", Target("<=", 400), baseline=230.0, ratio=412 / 230),
         Result("cache_hit_rate", None, "", Target(">=", 0.9), error="SwarmError: boom"),
     ]
-    md = bench.render_markdown(results, MACHINE, quick=False, seconds=600)
+    md = results.render_markdown(results, MACHINE, quick=False, seconds=600)
     assert "2 cores, AMD EPYC 7B13" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and "figure" not in line]
     assert len(rows) == 3
@@ -110,7 +113,7 @@ def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: 
     assert "412.0 MB" in rows[1] and "| 230.0 |" in rows[1] and "**miss**" in rows[1] and "value <= 400" in rows[1]
     assert "**error**" in rows[2] and "boom" in rows[2]
 
-    json_path, md_path = bench.write_results(
+    json_path, md_path = results.write_results(
         tmp_path, results, MACHINE, quick=True, seconds=12.0, figures=["embed", "rss", "cache"]
     )
     data = json.loads(json_path.read_text())
@@ -125,11 +128,11 @@ def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: 
 
 def test_exact_top_k_is_brute_force_cosine() -> None:
     rng = np.random.default_rng(0)
-    data = bench.EmbeddingLike(rng, topics=20).sample(rng, 300)
+    data = bench_search.EmbeddingLike(rng, topics=20).sample(rng, 300)
     queries = data[:5] + 0.01
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     ids = np.arange(100, 400)
-    got = bench.exact_top_k(data, queries, 10, ids)
+    got = bench_search.exact_top_k(data, queries, 10, ids)
     for q, row in zip(queries, got, strict=True):
         want = ids[np.argsort(-(data @ q))[:10]]
         assert row == [int(i) for i in want]
@@ -140,7 +143,7 @@ def test_synthetic_vectors_have_the_neighbourhoods_of_real_minilm_embeddings() -
     """The search figure's vectors: unit length, nearest / 10th-nearest cosine ~0.67 / ~0.51 as measured on
     real all-MiniLM-L6-v2 embeddings of 1,500 stdlib functions, random pairs ~0.23."""
     rng = np.random.default_rng(1)
-    x = bench.EmbeddingLike(rng, topics=150).sample(rng, 1500)
+    x = bench_search.EmbeddingLike(rng, topics=150).sample(rng, 1500)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     sims = x @ x.T
     np.fill_diagonal(sims, -1.0)
@@ -154,7 +157,7 @@ def test_quick_search_figure_runs_on_the_real_parts_and_cleans_up(tmp_path: Path
     """``bench --quick --only search``: a scratch embedded PostgreSQL, swarm's index and search SQL."""
     before = set(Path("/tmp").glob("swarm-bench-*"))
     cfg = load_config(REPO / "configs" / "demo.toml")
-    code = bench.run(cfg, only=["search"], quick=True, out_dir=tmp_path)
+    code = bench_run(cfg, only=["search"], quick=True, out_dir=tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     by_name = {r["figure"]: r for r in data["results"]}
     assert set(by_name) == {"search_p95_ms", "search_recall_at_10"}
@@ -183,9 +186,9 @@ def test_an_only_run_keeps_the_other_figures_of_the_last_run(tmp_path: Path) -> 
         Result("search_p95_ms", 17.4, "ms", Target("<=", 10)),
         Result("search_recall_at_10", 0.95, "", Target(">=", 0.95)),
     ]
-    bench.write_results(tmp_path, old, machine, quick=False, seconds=60, figures=["pipeline", "search"])
-    kept = bench.previous_results(tmp_path, quick=False, rerun=["search"])
+    results.write_results(tmp_path, old, machine, quick=False, seconds=60, figures=["pipeline", "search"])
+    kept = results.previous_results(tmp_path, quick=False, rerun=["search"])
     assert [r.figure for r in kept] == ["pipeline_efficiency"]
     assert kept[0].passed and kept[0].notes == "(measured 2026-11-26 03:00 UTC) 5000 rows"
-    assert bench.previous_results(tmp_path, quick=True, rerun=["search"]) == []  # a quick run never mixes in
-    assert bench.previous_results(tmp_path / "none", quick=False, rerun=[]) == []
+    assert results.previous_results(tmp_path, quick=True, rerun=["search"]) == []  # a quick run never mixes in
+    assert results.previous_results(tmp_path / "none", quick=False, rerun=[]) == []

@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from swarm.config import load_config
-from swarm.errors import ConfigError
+from swarm.core.config import load_config
+from swarm.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from swarm import migration as mig
-from swarm.decommission import decommission
-from swarm.errors import MigrationError
-from swarm.rollout import set_percent
+from swarm.core.errors import MigrationError
+from swarm.ops.decommission import decommission
+from swarm.serving.rollout import set_percent
 from tests.test_router import Migrated, migrated, quality_root  # noqa: F401  (fixtures)
 
 
@@ -65,7 +65,7 @@ def test_decommission_is_refused_without_passing_gates_or_with_the_flag_off(
 
 def test_decommission_archives_drops_and_reports(migrated: Migrated, tmp_path: Path) -> None:  # noqa: F811
     from model.embedder import LlamaEmbedder
-    from swarm.router import Router
+    from swarm.serving.router import Router
 
     m = migrated.migration()
     set_percent(migrated.db(), m, 100)

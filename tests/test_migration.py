@@ -3,28 +3,20 @@ on threads (Ray's own part is in test_swarm_ray.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-import threading
-import time
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 
-from agents.coordinator import Coordinator
 from agents.migrator import DataMigrator
 from swarm import migration as mig
 from swarm.commands import preflight
-from swarm.config import Config
-from swarm.db import Database
-
-WORDS = "parse json file return list of lines wrap text width copy tree directory path socket read write".split()
-
-
-def make_text(rng: random.Random) -> str:
-    return "def f():\n    " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30)))
+from swarm.store.db import Database
+from tests.support.runner import run_in_process
+from tests.support.texts import code_text
+from tests.support.writer import AppWriter
 
 
 def create_table(conn: psycopg.Connection, table: str, key: str, rows: int, seed: int = 0) -> None:
@@ -42,84 +34,8 @@ def create_table(conn: psycopg.Connection, table: str, key: str, rows: int, seed
                 k = f"doc-{rng.randrange(10**9):09d}-{i}"
             cur.execute(
                 f"INSERT INTO {table} (id, content, embedding) VALUES (%s, %s, %s)",
-                [k, make_text(rng), np.ones(384, dtype=np.float32)],
+                [k, code_text(rng, words=(3, 30)), np.ones(384, dtype=np.float32)],
             )
-
-
-def run_in_process(
-    cfg: Config, dsn: str, migrators: int = 2, *, rehearse: bool = False, during: Any = None
-) -> tuple[mig.Migration, dict[str, Any], Coordinator]:
-    db = Database(dsn)
-    info, table, server = preflight(cfg, db, rehearse=rehearse)
-    m = mig.plan(
-        db,
-        cfg,
-        name="t",
-        model_id="m",
-        model_sha256=info.sha256 if info else "r",
-        dimension=cfg.new_dimension,
-        server=server,
-        table=table,
-        rehearse=rehearse,
-    )
-    payload = cfg.to_payload(dsn)
-    workers = {
-        f"data-migrator-{i}": DataMigrator(f"data-migrator-{i}", payload, rehearse=rehearse, n_threads=1)
-        for i in range(migrators)
-    }
-
-    async def call(name: str, method: str, *args: Any) -> Any:
-        return await asyncio.to_thread(getattr(workers[name], method), *args)
-
-    coord = Coordinator(payload, call=call)
-    for n in workers:
-        coord.register(n, "data-migrator")
-    stop = threading.Event()
-    t = threading.Thread(target=during, args=(stop,), daemon=True) if during else None
-    if t:
-        t.start()
-    result = asyncio.run(coord.run(m.id))
-    stop.set()
-    if t:
-        t.join()
-    return m, result, coord
-
-
-def app_writer(
-    dsn: str,
-    table: str,
-    max_id: int,
-    counts: dict[str, int],
-    stop: threading.Event,
-    *,
-    seed: int = 0,
-    mid: int | None = None,
-) -> None:
-    """The application: inserts, content updates and deletes at a steady rate while the backfill runs.
-
-    It stops once the migration leaves its backfill (the changes it queued are then drained before completion).
-    """
-    rng = random.Random(seed)
-    with psycopg.connect(dsn, autocommit=True) as app:
-        next_id = 20000
-        while not stop.is_set():
-            phase = None
-            if app.execute("SELECT to_regclass('swarm.migrations')").fetchone()[0] is not None:
-                phase = app.execute(
-                    "SELECT phase FROM swarm.migrations WHERE table_name = %s ORDER BY id DESC LIMIT 1", [table]
-                ).fetchone()
-            if phase is not None and phase[0] not in ("plan", "backfill"):
-                return
-            op = rng.choice(["insert", "update", "update", "delete"])
-            if op == "insert":
-                app.execute(f"INSERT INTO {table} (id, content) VALUES (%s, %s)", [next_id, make_text(rng)])
-                next_id += 1
-            elif op == "update":
-                app.execute(f"UPDATE {table} SET content = %s WHERE id = %s", [make_text(rng), rng.randint(1, max_id)])
-            else:
-                app.execute(f"DELETE FROM {table} WHERE id = %s", [rng.randint(1, max_id)])
-            counts[op] += 1
-            time.sleep(0.01)
 
 
 def check_vectors(conn: psycopg.Connection, table: str, model_path: str) -> int:
@@ -147,14 +63,11 @@ def test_backfill_with_live_writes_and_bad_rows(make_config, dsn: str, conn: psy
     cfg = make_config(
         database={"table": "docs"}, swarm={"shard_rows": 50, "validators": 0}, embedding={"batch_size": 8}
     )
-    counts: dict[str, int] = {"insert": 0, "update": 0, "delete": 0}
-
-    def app_writes(stop: threading.Event) -> None:
-        app_writer(dsn, "docs", 300, counts, stop, seed=7)
-
-    m, result, _ = run_in_process(cfg, dsn, during=app_writes)
+    app = AppWriter(dsn, "docs", (1, 300), rate=50, until="backfill", seed=7, next_id=20000)
+    run = run_in_process(cfg, dsn, during=app.run)
+    m, result = run.migration, run.result
     assert result["state"] == "completed", result
-    assert sum(counts.values()) > 10, counts
+    assert app.writes.total > 10, app.writes.counts
     st = mig.status(conn, mig.load(conn, m.id))
     total = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
     assert st["rows_total"] == total
@@ -189,7 +102,8 @@ def test_backfill_with_live_writes_and_bad_rows(make_config, dsn: str, conn: psy
 def test_key_types(make_config, dsn: str, conn: psycopg.Connection, key: str) -> None:  # type: ignore[no-untyped-def]
     create_table(conn, "docs", key, 230, seed=3)
     cfg = make_config(database={"table": "docs"}, swarm={"shard_rows": 50, "validators": 0})
-    m, result, _ = run_in_process(cfg, dsn)
+    run = run_in_process(cfg, dsn)
+    m, result = run.migration, run.result
     assert result["state"] == "completed"
     shards = conn.execute(
         "SELECT count(*), sum(rows_done) FROM swarm.shards WHERE migration_id = %s", [m.id]
@@ -213,7 +127,7 @@ def test_quoted_mixed_case_schema_qualified_table(make_config, dsn: str, conn: p
         },
         swarm={"shard_rows": 40, "validators": 0},
     )
-    m, result, _ = run_in_process(cfg, dsn)
+    result = run_in_process(cfg, dsn).result
     assert result == {"state": "completed", "rows_total": 120, "rows_done": 120, "rows_failed": 0}
     assert conn.execute('SELECT count("NewVec") FROM "Code"."Snippets"').fetchone()[0] == 120
 

@@ -16,7 +16,7 @@ from model.convert import random_bert_gguf as build_random_bert
 from model.gguf_info import read_info
 from model.provision import F16_NAME, Q8_NAME, prepare
 from model.quantize import quantize
-from swarm.errors import ModelError
+from swarm.core.errors import ModelError
 
 
 def fields(path: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from model.embedder import EmbeddingAdapter, LlamaEmbedder, UnembeddableText
-from swarm.errors import ConfigError, DimensionMismatch, ModelError
+from swarm.core.errors import ConfigError, DimensionMismatch, ModelError
 
 LONG = " ".join(f"word{i % 50}" for i in range(900))  # about 2,700 WordPiece tokens: far past the context
 

@@ -14,7 +14,7 @@ import pytest
 
 from model import gguf_info
 from model.gguf_info import check_dimension, check_embedding, format_info, read_info
-from swarm.errors import DimensionMismatch, ModelError
+from swarm.core.errors import DimensionMismatch, ModelError
 
 
 def tiny_gguf(path: Path, arch: str | None = "bert", **keys: int) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from model.provision import pull
-from swarm.errors import ModelError
+from swarm.core.errors import ModelError
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes, not a multiple of any chunk size
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from swarm.config import ValidationConfig
-from swarm.errors import ConfigError
+from swarm.core.config import ValidationConfig
+from swarm.core.errors import ConfigError
 from swarm.quality import (
     ArmSummary,
     Hit,
@@ -137,7 +137,7 @@ def test_validation_during_the_backfill_compares_only_migrated_rows(migrated: Mi
 # ------------------------------------------------------------------------------------------------------------
 def test_assess_measures_the_table_and_changes_nothing(migrated: Migrated, tmp_path: Path) -> None:  # noqa: F811
     from swarm import migration as mig
-    from swarm.assess import assess, render
+    from swarm.ops.assess import assess, render
 
     def snapshot() -> tuple[object, ...]:
         with psycopg.connect(migrated.dsn, autocommit=True) as c:

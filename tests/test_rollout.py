@@ -10,9 +10,9 @@ import psycopg
 import pytest
 
 from swarm import migration as mig
-from swarm.errors import EXIT_OK, EXIT_ROLLED_BACK, MigrationError, UsageError
-from swarm.rollout import HOLD_WINDOWS, run_auto, set_percent
-from swarm.router import choose_arm
+from swarm.core.errors import EXIT_OK, EXIT_ROLLED_BACK, MigrationError, UsageError
+from swarm.serving.rollout import HOLD_WINDOWS, run_auto, set_percent
+from swarm.serving.router import choose_arm
 from tests.test_router import Migrated, migrated, quality_root  # noqa: F401  (fixtures)
 
 
@@ -140,7 +140,7 @@ def test_orchestrate_validates_and_rolls_out_to_100_percent_with_the_ray_swarm(
     swarm_actors: dict, make_config, minilm_f16: Path, minilm_q8: Path, tmp_path: Path
 ) -> None:
     from swarm import commands
-    from swarm.seed import seed
+    from swarm.ops.demo import seed
 
     (tmp_path / "alerts.yaml").write_text("alerts: []\n")
     cfg = make_config(

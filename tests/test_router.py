@@ -8,7 +8,6 @@ a fresh database in a fraction of a second. The helpers are imported by the othe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -28,8 +27,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from swarm import migration as mig
-from swarm.config import Config, load_config
-from swarm.db import Database
+from swarm.core.config import Config, load_config
+from swarm.store.db import Database
+from tests.support.runner import run_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_ROWS = 60
@@ -76,51 +76,6 @@ def write_config(root: Path, dsn: str, **sections: dict[str, Any]) -> Config:
     return load_config(p)
 
 
-def migrate_in_process(cfg: Config, *, validators: bool = True) -> tuple[dict[str, Any], int]:
-    """Plan and run a migration with the real Coordinator, DataMigrator and Validator classes on threads."""
-    from agents.coordinator import Coordinator
-    from agents.migrator import DataMigrator
-    from agents.validator import Validator
-    from swarm.commands import preflight
-
-    dsn = cfg.database.dsn.get_secret_value()
-    db = Database(dsn)
-    info, table, server = preflight(cfg, db)
-    m = mig.plan(
-        db,
-        cfg,
-        name="test migration",
-        model_id=cfg.embedding.model,
-        model_sha256=info.sha256,
-        dimension=info.n_embd,
-        server=server,
-        table=table,
-    )
-    payload = cfg.to_payload(dsn)
-    workers: dict[str, Any] = {"data-migrator-0": DataMigrator("data-migrator-0", payload)}
-    if validators:
-        workers["validator-0"] = Validator("validator-0", payload)
-
-    async def call(name: str, method: str, *args: Any) -> Any:
-        return await asyncio.to_thread(getattr(workers[name], method), *args)
-
-    coord = Coordinator(payload, call=call)
-    for name, w in workers.items():
-        coord.register(name, w.kind)
-    result = asyncio.run(coord.run(m.id))
-    # Close every connection: a template database must have no sessions.
-    coord.db.close()
-    db.close()
-    for w in workers.values():
-        if hasattr(w, "close"):
-            w.close()
-        elif hasattr(w, "db"):
-            w.db.close()
-        if getattr(w, "_router", None) is not None:
-            w._router.close()
-    return result, m.id
-
-
 @dataclass(frozen=True)
 class Template:
     name: str
@@ -145,10 +100,11 @@ def migrated_template(admin_dsn: str, root: Path) -> Template:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE EXTENSION IF NOT EXISTS vector")
         cfg = write_config(root, dsn)
-        from swarm.seed import seed
+        from swarm.ops.demo import seed
 
         seed(cfg, limit=TEMPLATE_ROWS, n_queries=TEMPLATE_QUERIES, progress=False)
-        result, mid = migrate_in_process(cfg)
+        run = run_in_process(cfg, dsn, migrators=1, validators=1, close=True)
+        result, mid = run.result, run.migration.id
         assert result["state"] == "completed", result
         with psycopg.connect(dsn, autocommit=True) as c:
             checksum = mig.legacy_checksum(c, mig.load(c, mid).target)
@@ -222,8 +178,8 @@ def arm_counts(dsn: str, caller_like: str = "%") -> dict[str, int]:
 # Tests
 # ------------------------------------------------------------------------------------------------------------
 def test_split_follows_the_share_within_tolerance_over_1200_queries(migrated: Migrated) -> None:
-    from swarm.rollout import set_percent
-    from swarm.router import Router
+    from swarm.serving.rollout import set_percent
+    from swarm.serving.router import Router
 
     set_percent(migrated.db(), migrated.migration(), 25)
     router = Router(migrated.cfg, migrated.dsn)
@@ -242,8 +198,8 @@ def test_split_follows_the_share_within_tolerance_over_1200_queries(migrated: Mi
 
 
 def test_caller_is_sticky_across_processes_and_stays_on_new_as_the_share_grows(migrated: Migrated) -> None:
-    from swarm.rollout import set_percent
-    from swarm.router import Router
+    from swarm.serving.rollout import set_percent
+    from swarm.serving.router import Router
 
     db = migrated.db()
     set_percent(db, migrated.migration(), 25)
@@ -257,7 +213,7 @@ def test_caller_is_sticky_across_processes_and_stays_on_new_as_the_share_grows(m
 
     # Another Python process, with another hash seed, routes the same callers the same way.
     code = (
-        "import json, sys; from swarm.router import choose_arm; "
+        "import json, sys; from swarm.serving.router import choose_arm; "
         "print(json.dumps({c: choose_arm(c, 25.0) for c in json.loads(sys.argv[1])}))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -281,8 +237,8 @@ def test_caller_is_sticky_across_processes_and_stays_on_new_as_the_share_grows(m
 
 
 def test_environment_flag_sends_every_query_to_legacy(migrated: Migrated, monkeypatch: pytest.MonkeyPatch) -> None:
-    from swarm.rollout import set_percent
-    from swarm.router import Router
+    from swarm.serving.rollout import set_percent
+    from swarm.serving.router import Router
 
     set_percent(migrated.db(), migrated.migration(), 100)
     text = migrated.queries()[1]
@@ -304,8 +260,8 @@ def test_environment_flag_sends_every_query_to_legacy(migrated: Migrated, monkey
 def test_share_change_reaches_a_running_router_within_its_ttl(migrated: Migrated) -> None:
     import time
 
-    from swarm.rollout import set_percent
-    from swarm.router import Router
+    from swarm.serving.rollout import set_percent
+    from swarm.serving.router import Router
 
     router = Router(migrated.cfg, migrated.dsn, share_ttl=0.2)
     text = migrated.queries()[2]
@@ -317,8 +273,8 @@ def test_share_change_reaches_a_running_router_within_its_ttl(migrated: Migrated
 
 
 def test_failure_on_the_new_column_is_answered_from_legacy_and_recorded(migrated: Migrated) -> None:
-    from swarm.rollout import set_percent
-    from swarm.router import Router
+    from swarm.serving.rollout import set_percent
+    from swarm.serving.router import Router
 
     set_percent(migrated.db(), migrated.migration(), 100)
     m = migrated.migration()
@@ -341,8 +297,8 @@ def test_configured_probes_reach_each_search_on_the_new_column_and_no_further(mi
     30 probes search them all and return exactly what exact search returns. The setting ends with the search."""
     from pgvector.psycopg import register_vector
 
-    from swarm.rollout import set_percent
-    from swarm.router import Router
+    from swarm.serving.rollout import set_percent
+    from swarm.serving.router import Router
 
     set_percent(migrated.db(), migrated.migration(), 100)
     m = migrated.migration()
@@ -376,8 +332,8 @@ def test_hnsw_search_returns_k_rows_even_above_the_configured_ef_search(migrated
     """The swarm builds hnsw with the configured ``hnsw_m`` and ``hnsw_ef_construction`` and searches with
     ``ef_search`` raised to k: an hnsw scan returns at most ef_search rows, so without that a k = 50 search would
     get 10 rows here (and 40, pgvector's default, with no setting at all)."""
-    from swarm.rollout import set_percent
-    from swarm.router import Router
+    from swarm.serving.rollout import set_percent
+    from swarm.serving.router import Router
 
     set_percent(migrated.db(), migrated.migration(), 100)
     m = migrated.migration()
@@ -403,8 +359,8 @@ def test_hnsw_search_returns_k_rows_even_above_the_configured_ef_search(migrated
 
 
 def test_http_endpoint_searches_and_reports_health(migrated: Migrated) -> None:
-    from swarm.rollout import set_percent
-    from swarm.serve import make_server
+    from swarm.serving.http import make_server
+    from swarm.serving.rollout import set_percent
 
     set_percent(migrated.db(), migrated.migration(), 100)
     server = make_server(migrated.cfg, migrated.dsn, port=0)

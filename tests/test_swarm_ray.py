@@ -20,10 +20,12 @@ import pytest
 
 from swarm import commands
 from swarm import migration as mig
-from swarm.config import Config
-from swarm.db import Database
+from swarm.core.config import Config
+from swarm.store.db import Database
 from tests.fix_db import REPO, config_for
-from tests.test_migration import app_writer, check_vectors, create_table
+from tests.support.texts import code_text
+from tests.support.writer import AppWriter
+from tests.test_migration import check_vectors, create_table
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def swarm_env(
     minilm_q8: Path,
     minilm_f16: Path,
 ) -> Any:
-    from swarm import agents_ray
+    from agents import actors as agents_ray
 
     agents_ray.kill_all()
     root = tmp_path_factory.mktemp("swarm-root")
@@ -116,11 +118,9 @@ def test_repeated_content_is_embedded_once_across_migrators(swarm_env: Any) -> N
     import ray
     from pgvector.psycopg import register_vector
 
-    from tests.test_migration import make_text
-
     make, dsn, _ = swarm_env
     rng = random.Random(77)
-    distinct = [make_text(rng) + f"\n# variant {i}" for i in range(12)]
+    distinct = [code_text(rng, words=(3, 30)) + f"\n# variant {i}" for i in range(12)]
     order = [distinct[i % 12] for i in range(120)]
     rng.shuffle(order)
     handles = [ray.get_actor(f"data-migrator-{i}", namespace="swarm") for i in range(2)]
@@ -187,15 +187,16 @@ def test_live_writes_from_another_process_during_the_swarm(swarm_env: Any) -> No
     with psycopg.connect(dsn, autocommit=True) as conn:
         create_table(conn, "t_live", "bigint", 600, seed=16)
     cfg = make("t_live", swarm={"shard_rows": 150}, embedding={"batch_size": 8})
-    counts: dict[str, int] = {"insert": 0, "update": 0, "delete": 0}
+    app = AppWriter(dsn, "t_live", (1, 600), rate=50, until="backfill", seed=0, next_id=20000)
     stop = threading.Event()
-    writer = threading.Thread(target=app_writer, args=(dsn, "t_live", 600, counts, stop), daemon=True)
+    writer = threading.Thread(target=app.run, args=(stop,), daemon=True)
     writer.start()
     try:
         assert commands.orchestrate(cfg, progress=False) == 0
     finally:
         stop.set()
         writer.join()
+    counts = app.writes.counts
     assert counts["insert"] and counts["update"] and counts["delete"], counts
     st = commands.status(cfg)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -250,7 +251,7 @@ def test_postgres_restart_mid_run(swarm_env: Any, pg_server_dsn: str) -> None:
     cfg = make("t_pgrestart", swarm={"shard_rows": 200}, embedding={"batch_size": 8})
     assert commands.orchestrate(cfg, detach=True, progress=False) == 0
     _wait(cfg, lambda s: s["rows_done"] > 50)
-    from swarm.db import pg_ctl_embedded
+    from swarm.store.embedded import pg_ctl_embedded
 
     pg_ctl_embedded(Path(pgdata), "restart")
     final = _wait(cfg, lambda s: s["state"] in mig.TERMINAL, timeout=300)
@@ -289,7 +290,7 @@ def test_second_node_joins_and_hosts_migrators(swarm_env: Any) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             create_table(conn, "t_nodes", "bigint", 400, seed=15)
         assert commands.orchestrate(cfg, progress=False) == 0
-        from swarm.runtime import list_agents
+        from agents.runtime import list_agents
 
         handles = [ray.get_actor(n, namespace="swarm") for n in list_agents("data-migrator-")]
         nodes = {info["node_id"] for info in ray.get([h.info.remote() for h in handles])}
@@ -304,7 +305,7 @@ def test_second_node_joins_and_hosts_migrators(swarm_env: Any) -> None:
             }
         assert len(workers) >= 2
     finally:
-        from swarm import agents_ray
+        from agents import actors as agents_ray
 
         agents_ray.kill_all()
         _stop_node(head)

@@ -15,7 +15,7 @@ import pytest
 
 from swarm import commands
 from swarm import migration as mig
-from swarm.errors import EXIT_ROLLED_BACK
+from swarm.core.errors import EXIT_ROLLED_BACK
 
 
 @pytest.mark.slow
@@ -27,8 +27,8 @@ def test_a_meaningless_model_fails_validation_and_rolls_back_by_itself(
     minilm_q8: Path,
     tmp_path: Path,
 ) -> None:
-    from swarm.router import Router
-    from swarm.seed import seed
+    from swarm.ops.demo import seed
+    from swarm.serving.router import Router
 
     (tmp_path / "alerts.yaml").write_text("alerts: []\n")
     cfg = make_config(

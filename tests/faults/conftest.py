@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,14 +138,17 @@ def chaos_env(
     minilm_q8: Path,
     minilm_f16: Path,
 ) -> Iterator[ChaosEnv]:
-    from tests.fix_db import _with_db, config_for
+    from tests.fix_db import scratch_database
 
-    name = f"chaos_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    plain = _with_db(pg_server_dsn, name)
-    with psycopg.connect(plain, autocommit=True) as c:
-        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    with scratch_database(pg_server_dsn, "chaos") as plain:
+        yield from _chaos_env(plain, pg_server_dsn, ray_head, tmp_path_factory)
+
+
+def _chaos_env(
+    plain: str, pg_server_dsn: str, ray_head: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChaosEnv]:
+    from tests.fix_db import config_for
+
     dsn, secret = _dsn_with_password(plain, "Chaos-" + secrets.token_hex(8))
     root = tmp_path_factory.mktemp("chaos-root")
 
@@ -170,17 +172,15 @@ def chaos_env(
         return config_for(dsn, root, **base)
 
     yield ChaosEnv(dsn, plain, pg_server_dsn, secret, root, ray_head, make)
-    from swarm import agents_ray
+    from agents import actors as agents_ray
 
     agents_ray.kill_all()
-    with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture()
 def fresh_swarm(chaos_env: ChaosEnv) -> Iterator[ChaosEnv]:
     """No swarm actors before or after the test: each scenario's agents start with its own config."""
-    from swarm import agents_ray
+    from agents import actors as agents_ray
 
     agents_ray.kill_all()
     yield chaos_env

@@ -1,5 +1,5 @@
 """What the scenarios share: tables with an audit of vector writes, the end-of-run count (lost, stale, twice),
-an in-process swarm, the Ray-side helpers (pids, waits), and the secret scanner.
+the Ray-side helpers (pids, waits), and the secret scanner.
 
 *Embedded twice* is counted by a test-side ``AFTER UPDATE`` trigger that records every committed write of a
 non-NULL vector with the md5 of the content it was written for: a (row, content) pair written more than once was
@@ -9,13 +9,11 @@ embedded twice. The trigger reads the row as jsonb, so it can be installed befor
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
 import os
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,20 +25,12 @@ import psycopg
 from psycopg import sql
 
 from swarm import migration as mig
-from swarm.config import Config
-from swarm.sql import Target, table_ident
+from swarm.core.config import Config
+from swarm.store.sql import Target, regclass_text, table_ident
 from tests.faults.table import Outcome
+from tests.support.texts import code_text
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = (
-    "parse json file return list of lines wrap text width copy tree directory path socket read write "
-    "open close buffer encode decode split join sort filter map reduce cache retry timeout"
-).split()
-
-
-def text_for(i: int, rng: random.Random) -> str:
-    """A short code-like text, distinct per row (it names the row) and per call (random words)."""
-    return f"def f{i}():  # " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10)))
 
 
 def md5(text: str) -> str:
@@ -98,7 +88,7 @@ def create_docs(
     rng = random.Random(seed)
     t = table_ident(table)
     conn.execute(sql.SQL("CREATE TABLE {t} (id bigint PRIMARY KEY, content text, embedding vector(384))").format(t=t))
-    data: dict[str, str | None] = {str(i): text_for(i, rng) for i in range(1, rows + 1)}
+    data: dict[str, str | None] = {str(i): code_text(rng, f"f{i}") for i in range(1, rows + 1)}
     data.update({str(k): v for k, v in extra})
     legacy = np.ones(384, dtype=np.float32) / np.sqrt(384)
     with (
@@ -223,12 +213,12 @@ def tally(
 
 def audit_name(conn: psycopg.Connection, table: str) -> str:
     """``schema.table`` as the audit trigger records it (TG_TABLE_SCHEMA.TG_TABLE_NAME)."""
-    from swarm.sql import split_table
+    from swarm.store.sql import split_table
 
     r = conn.execute(
         "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.oid = to_regclass(%s)",
-        [mig._regclass_text(*split_table(table))],
+        [regclass_text(*split_table(table))],
     ).fetchone()
     return r[0] if r else table
 
@@ -242,54 +232,6 @@ def vector_writes(conn: psycopg.Connection, table: str) -> list[tuple[str, float
             [audit_name(conn, table)],
         ).fetchall()
     ]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The swarm in-process (coordinator and migrators as plain classes on threads)
-# ---------------------------------------------------------------------------------------------------------------
-def run_inprocess(
-    cfg: Config, dsn: str, *, migrators: int = 2, during: Callable[[threading.Event], None] | None = None
-) -> tuple[mig.Migration, dict[str, Any], dict[str, Any]]:
-    """Preflight, plan and run a migration to its end with real migrators on threads. Returns (migration, the
-    coordinator's result, the migrators by name)."""
-    from agents.coordinator import Coordinator
-    from agents.migrator import DataMigrator
-    from swarm.commands import preflight
-    from swarm.db import Database
-
-    db = Database(dsn, application_name="swarm:test")
-    info, table, server = preflight(cfg, db)
-    m = mig.plan(
-        db,
-        cfg,
-        name="chaos",
-        model_id=cfg.embedding.model,
-        model_sha256=info.sha256,
-        dimension=cfg.new_dimension,
-        server=server,
-        table=table,
-    )
-    db.close()
-    payload = cfg.to_payload(dsn)
-    workers = {f"data-migrator-{i}": DataMigrator(f"data-migrator-{i}", payload, n_threads=1) for i in range(migrators)}
-
-    async def call(name: str, method: str, *args: Any) -> Any:
-        return await asyncio.to_thread(getattr(workers[name], method), *args)
-
-    coord = Coordinator(payload, call=call)
-    for n in workers:
-        coord.register(n, "data-migrator")
-    stop = threading.Event()
-    t = threading.Thread(target=during, args=(stop,), daemon=True) if during else None
-    if t:
-        t.start()
-    try:
-        result = asyncio.run(coord.run(m.id))
-    finally:
-        stop.set()
-        if t:
-            t.join()
-    return m, result, workers
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -436,7 +378,7 @@ def cli(args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> tup
     import contextlib
 
     from swarm import cli as swarm_cli
-    from swarm import log as swarm_log
+    from swarm.core import log as swarm_log
 
     saved_env = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("SWARM_")]}
     os.environ.update(env or {})

@@ -14,8 +14,9 @@ import pytest
 
 from swarm import commands
 from swarm import migration as mig
-from tests.faults.harness import create_docs, run_inprocess, tally
+from tests.faults.harness import create_docs, tally
 from tests.fix_db import config_for
+from tests.support.runner import run_in_process
 
 ONE_MB = 1 << 20
 BAD_ROWS = {
@@ -50,7 +51,8 @@ def bad_rows_run(
     )
     with psycopg.connect(module_dsn, autocommit=True) as conn:
         create_docs(conn, "bad_rows", 40, seed=5, extra=BAD_ROWS.items())
-    m, result, workers = run_inprocess(cfg, module_dsn)
+    run = run_in_process(cfg, module_dsn)
+    m, result, workers = run.migration, run.result, run.workers
     infos = {n: w.info() for n, w in workers.items()}
     return {"cfg": cfg, "m": m, "result": result, "infos": infos, "status": commands.status(cfg)}
 

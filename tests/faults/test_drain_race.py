@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from swarm import migration as mig
-from tests.faults.harness import blocked_writers, create_docs, run_inprocess, tally, wait_for
+from tests.faults.harness import blocked_writers, create_docs, tally, wait_for
+from tests.support.runner import run_in_process
 
 
 @pytest.mark.chaos
@@ -30,7 +31,8 @@ def test_concurrent_drains_write_a_row_once(
     )
     create_docs(conn, "race", 8, seed=43)
     cfg = make_config(database={"table": "race"}, swarm={"shard_rows": 8, "validators": 0})
-    m, result, workers = run_inprocess(cfg, dsn)
+    run = run_in_process(cfg, dsn)
+    m, result, workers = run.migration, run.result, run.workers
     assert result["state"] == "completed", result
     conn.execute("UPDATE race SET content = 'def first(): return 1' WHERE id = 3")
     conn.execute("UPDATE race SET content = 'def second(): return 2' WHERE id = 3")

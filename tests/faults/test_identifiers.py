@@ -16,9 +16,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from swarm import config as swarm_config
 from swarm import migration as mig
-from tests.faults.harness import install_audit, run_inprocess, tally
+from swarm.core import config as swarm_config
+from tests.faults.harness import install_audit, tally
+from tests.support.runner import run_in_process
 
 HOSTILE = {
     "table": 'Docs"; DROP TABLE victim; --',
@@ -65,7 +66,8 @@ def test_sql_in_identifiers_stays_a_name(
     _make_table(conn, HOSTILE, 24)
     monkeypatch.setattr(swarm_config, "_IDENT", re.compile(r"^.{1,63}$", re.S))  # the config's check, off
     cfg = make_config(database=dict(HOSTILE), swarm={"shard_rows": 10, "validators": 0}, embedding={"batch_size": 8})
-    m, result, _ = run_inprocess(cfg, dsn)
+    run = run_in_process(cfg, dsn)
+    m, result = run.migration, run.result
     from tests.faults.table import Outcome
 
     out = Outcome("identifiers", "")
@@ -99,7 +101,7 @@ def test_a_name_the_config_accepts_cannot_break_out_of_the_trigger_body(
     cfg = make_config(database=dict(names), swarm={"shard_rows": 12, "validators": 0})
     assert cfg.database.content_column == "body$swarm$", "the config accepts this name"
     try:
-        m, result, _ = run_inprocess(cfg, dsn)
+        result = run_in_process(cfg, dsn).result
         state, detail = result["state"], ""
     except Exception as e:  # noqa: BLE001 (what escapes is the finding)
         state, detail = "raised", f"{type(e).__module__}.{type(e).__name__}: {str(e).splitlines()[0][:90]}"

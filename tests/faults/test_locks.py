@@ -18,8 +18,9 @@ import pytest
 from agents.coordinator import Coordinator
 from agents.migrator import DataMigrator
 from swarm import migration as mig
-from swarm.errors import MigrationError
-from tests.faults.harness import create_docs, run_inprocess, snapshot, tally
+from swarm.core.errors import MigrationError
+from tests.faults.harness import create_docs, snapshot, tally
+from tests.support.runner import run_in_process
 
 LOCK_TIMEOUT_MS = 500
 HOLD_SECONDS = 4.0
@@ -32,13 +33,12 @@ class AppTraffic:
         self.dsn, self.table, self.rows = dsn, table, rows
         self.column_added_at: float | None = None
         self.latencies: list[tuple[float, float, str]] = []  # (start, seconds, what)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set (the migration has ended), or 1 s after the new column appeared."""
         with psycopg.connect(self.dsn, autocommit=True, application_name="app") as c:
             n = 0
-            while not self.stop.is_set():
+            while not stop.is_set():
                 n += 1
                 rid = 2 + n % (self.rows - 1)
                 for what, q, args in (
@@ -87,7 +87,6 @@ def test_schema_change_waits_at_most_lock_timeout_and_retries(
         swarm={"shard_rows": 30, "validators": 0, "lock_timeout_ms": LOCK_TIMEOUT_MS, "ddl_retries": 30},
     )
     app = AppTraffic(dsn, "locked", 60)
-    app.thread.start()
     holder = psycopg.connect(dsn, application_name="long-transaction")
     holder.execute("SELECT count(*) FROM locked").fetchone()  # the transaction stays open: ACCESS SHARE held
     t_hold = time.monotonic()
@@ -95,12 +94,14 @@ def test_schema_change_waits_at_most_lock_timeout_and_retries(
     released = threading.Timer(HOLD_SECONDS, holder.commit)
     released.start()
     try:
-        m, result, _ = run_inprocess(cfg, dsn)
+        # The application runs from before the plan (its queries queue behind the waiting ALTER) and may go on
+        # writing after the migration reports completed: the runner then lets the coordinator follow the table
+        # until the queue is empty, as the product does, before the rows are counted.
+        run = run_in_process(cfg, dsn, during=app.run)
+        m, result = run.migration, run.result
     finally:
         released.cancel()
         holder.close()
-        app.stop.set()
-        app.thread.join()
     attempts = conn.execute(
         "SELECT (detail->>'ddl_attempts')::int FROM swarm.events WHERE migration_id = %s AND kind = 'planned'", [m.id]
     ).fetchone()[0]
@@ -136,7 +137,7 @@ def test_schema_change_gives_up_cleanly(
     before = snapshot(conn, "held")
     try:
         with pytest.raises(MigrationError) as e:
-            run_inprocess(cfg, dsn)
+            run_in_process(cfg, dsn)
     finally:
         holder.close()
     after = snapshot(conn, "held")

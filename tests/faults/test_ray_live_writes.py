@@ -1,5 +1,5 @@
 """Scenario 4: the application writes during the migration, from another process, at a steady rate: inserts,
-content updates, deletes (``tests/faults/app_writer.py``). At the end every row holds what the application last
+content updates, deletes (``tests/support/writer.py``). At the end every row holds what the application last
 wrote, and every vector is of that content.
 
 4a: the application writes from before the plan until the migration has drained the changes made during the
@@ -33,7 +33,7 @@ def _writer(
         [
             sys.executable,
             "-m",
-            "tests.faults.app_writer",
+            "tests.support.writer",
             "--dsn",
             env.plain_dsn,
             "--table",

@@ -17,7 +17,7 @@ import pytest
 
 from swarm import commands
 from swarm import migration as mig
-from swarm.db import pg_ctl_embedded
+from swarm.store.embedded import pg_ctl_embedded
 from tests.faults.harness import blocked_writers, create_docs, status_when, tally, wait_for
 
 ROWS = 400

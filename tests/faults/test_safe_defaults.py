@@ -20,8 +20,9 @@ import pytest
 
 from swarm import commands
 from tests.faults.conftest import _dsn_with_password
-from tests.faults.harness import cli, create_docs, db_texts, find_secret, run_inprocess, toml_for, vector_writes
+from tests.faults.harness import cli, create_docs, db_texts, find_secret, toml_for, vector_writes
 from tests.fix_db import REPO
+from tests.support.runner import run_in_process
 
 
 def _non_loopback_ip() -> str | None:
@@ -53,10 +54,10 @@ def test_password_never_shown(
     """A migration run with a password in its DSN: the password is in none of what the user or anyone else sees
     (stdout/stderr, JSON log file, status text and JSON, report files, bookkeeping tables, actor payload repr,
     connection errors)."""
-    from swarm.agents_ray import Sealed
-    from swarm.config import load_config
-    from swarm.db import Database
-    from swarm.report import write as write_report
+    from agents.actors import Sealed
+    from swarm.core.config import load_config
+    from swarm.ops.report import write as write_report
+    from swarm.store.db import Database
 
     secret_dsn, secret = _dsn_with_password(dsn, "Pw-" + os.urandom(6).hex())
     create_docs(conn, "pw_docs", 12, seed=11, extra=[(99, None)])
@@ -78,10 +79,11 @@ def test_password_never_shown(
 
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            from swarm import log as swarm_log
+            from swarm.core import log as swarm_log
 
             swarm_log._configured = None
-            m, result, workers = run_inprocess(cfg, secret_dsn)
+            run = run_in_process(cfg, secret_dsn)
+            m, result, workers = run.migration, run.result, run.workers
         migration_output = buf.getvalue()
     finally:
         os.environ.pop("SWARM_LOG_FILE", None)
@@ -92,8 +94,8 @@ def test_password_never_shown(
         texts[f"`swarm {' '.join(args)}` (exit {code})"] = so + se
     # A connection that fails (every command connects through swarm.db.connect; the CLI would retry for ~15 s
     # first, in case the server is restarting): the error names the server, not the password.
-    from swarm.db import connect
-    from swarm.errors import DatabaseError
+    from swarm.core.errors import DatabaseError
+    from swarm.store.db import connect
 
     with pytest.raises(DatabaseError) as failed:
         connect(f"postgresql://app:{secret}@127.0.0.1:1/nowhere")
@@ -173,7 +175,7 @@ def _role(cmdline: list[str], head: dict[str, Any]) -> str:
 @pytest.mark.chaos
 def test_serve_listens_on_loopback_by_default(make_config: Any, dsn: str, safeguard: Any) -> None:
     from swarm import cli as swarm_cli
-    from swarm.serve import make_server
+    from swarm.serving.http import make_server
 
     default_host = swarm_cli._parser().parse_args(["serve"]).host
     server = make_server(make_config(), dsn, port=0)
@@ -283,7 +285,8 @@ def test_max_rows_per_second_limits_the_write_rate(
                     return
                 time.sleep(0.2)
 
-    m, result, _ = run_inprocess(cfg, dsn, during=app)
+    run = run_in_process(cfg, dsn, during=app)
+    m, result = run.migration, run.result
     assert result["state"] == "completed", result
     backfill_end = conn.execute(
         "SELECT extract(epoch FROM max(finished_at)) FROM swarm.shards WHERE migration_id = %s", [m.id]

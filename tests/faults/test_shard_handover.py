@@ -24,7 +24,7 @@ from agents import migrator as migrator_module
 from agents.migrator import DataMigrator
 from swarm import migration as mig
 from swarm.commands import preflight
-from swarm.db import Database
+from swarm.store.db import Database
 from tests.faults.harness import create_docs, tally, wait_for
 
 ROWS = 48

@@ -1,0 +1,86 @@
+"""``cache_hit_rate``: a migration of a table whose rows repeat, with and without the shared cache."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bench.lab import Lab, create_docs_table, orchestrate_timed
+from bench.results import Result, Target, ratio
+from swarm.core.errors import SwarmError
+from swarm.core.log import get_logger
+
+if TYPE_CHECKING:
+    pass
+
+log = get_logger()
+
+
+def fig_cache(lab: Lab) -> list[Result]:
+    s = lab.sizes
+    texts, counts = lab.code_texts(s.cache_unique)
+    n = s.cache_unique * s.cache_copies
+    order = np.random.default_rng(5).permutation(n)
+    rows = [(i + 1, texts[int(j) % len(texts)]) for i, j in enumerate(order)]
+    all_tokens = sum(counts[int(j) % len(texts)] for j in order)
+    dsn = lab.database("bench_cache")
+    create_docs_table(dsn, "cached", rows)
+    create_docs_table(dsn, "uncached", rows)
+    runs: dict[str, Any] = {}
+    for table, cache_size in (("cached", max(lab.base.embedding.cache_size, 1)), ("uncached", 0)):
+        from swarm import commands
+
+        cfg = lab.config(dsn, table, embedding={"cache_size": cache_size})
+        lab.kill_swarm()
+        run = orchestrate_timed(cfg, f"bench: cache {table}", before=functools.partial(commands.init, cfg))
+        if run.code != 0 or run.rows != n:
+            raise SwarmError(f"the {table} migration ended with exit code {run.code}, {run.rows}/{n} rows")
+        infos = lab.migrator_infos()
+        assert run.to_finish_s is not None
+        runs[table] = {
+            "seconds": round(run.to_finish_s, 2),
+            "phases": run.phases,
+            "hits": sum(i["cache_hits"] for i in infos),
+            "misses": sum(i["cache_misses"] for i in infos),
+            "tokens_embedded": sum(i["tokens"] for i in infos),
+            "migrators": len(infos),
+            "cache_size": cache_size,
+        }
+    lab.kill_swarm()
+    c, u = runs["cached"], runs["uncached"]
+    lookups = c["hits"] + c["misses"]
+    hit_rate = c["hits"] / lookups if lookups else 0.0
+    best = 1 - s.cache_unique / n
+    avoided = 1 - c["tokens_embedded"] / all_tokens if all_tokens else 0.0
+    saved = u["seconds"] - c["seconds"]
+    notes = (
+        f"{n} rows, {s.cache_unique} distinct contents × {s.cache_copies} in random order (best possible "
+        f"{best:.2f}); {c['migrators']} migrators (own LRU + the swarm's shared cache); "
+        f"model work avoided {avoided:.1%} of tokens; "
+        f"time {c['seconds']:.1f} s vs {u['seconds']:.1f} s with cache_size = 0: {saved:.1f} s saved "
+        f"({saved / u['seconds']:.0%})"
+    )
+    return [
+        Result(
+            "cache_hit_rate",
+            hit_rate,
+            "",
+            Target(">=", 0.9),
+            baseline=u["seconds"],
+            baseline_label="s, same migration with cache_size = 0",
+            ratio=ratio(c["seconds"], u["seconds"]),
+            ratio_label="time with cache / without",
+            notes=notes,
+            details={
+                "runs": runs,
+                "rows": n,
+                "distinct": s.cache_unique,
+                "tokens_all_rows": all_tokens,
+                "tokens_avoided_fraction": round(avoided, 4),
+                "best_possible_hit_rate": best,
+                "seconds_saved": round(saved, 2),
+            },
+        )
+    ]

@@ -1,0 +1,86 @@
+"""``overhead_per_row_us``: ``orchestrate --rehearse`` at three table sizes, per row."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from bench.lab import Lab, Run, create_docs_table, orchestrate_timed
+from bench.results import Result, Target, ratio
+from swarm.core.errors import SwarmError
+from swarm.core.log import get_logger
+
+if TYPE_CHECKING:
+    pass
+
+log = get_logger()
+
+
+def fig_overhead(lab: Lab) -> list[Result]:
+    from swarm import commands
+
+    sizes = lab.sizes.overhead_rows
+    docs = [d.content for d in lab.docs()]
+    dsn = lab.database("bench_overhead")
+    seeded: dict[int, float] = {}
+    for n in sizes:
+        t = time.perf_counter()
+        create_docs_table(dsn, f"rows_{n}", ((i, docs[i % len(docs)]) for i in range(1, n + 1)), seed=n)
+        seeded[n] = round(time.perf_counter() - t, 1)
+    cfg0 = lab.config(dsn, f"rows_{sizes[0]}")
+    lab.kill_swarm()
+    t = time.perf_counter()
+    commands.init(cfg0)
+    commands.spawn(cfg0, "data-migrator", cfg0.swarm.migrators, rehearse=True)
+    spawn_s = time.perf_counter() - t
+    runs: dict[int, Run] = {}
+    for n in sizes:
+        cfg = lab.config(dsn, f"rows_{n}")
+        runs[n] = orchestrate_timed(cfg, f"bench: rehearsal {n}", rehearse=True)
+        r = runs[n]
+        if r.code != 0 or r.rows != n:
+            raise SwarmError(f"the {n}-row rehearsal ended with exit code {r.code}, {r.rows}/{n} rows")
+        log.info("bench.overhead", rows=n, seconds=r.to_finish_s, phases=r.phases)
+    lab.kill_swarm()
+    per_row = {n: (r.to_finish_s or r.wall_s) / n * 1e6 for n, r in runs.items()}
+    base_n = sizes[0]
+    sw = cfg0.swarm
+    out = []
+    for n in sizes:
+        r = runs[n]
+        back = r.phases.get("backfill", 0.0)
+        out.append(
+            Result(
+                f"overhead_per_row_us[{_short(n)}]",
+                per_row[n],
+                "µs",
+                Target("within", 0.25, "ratio"),
+                baseline=per_row[base_n],
+                baseline_label=f"µs per row at {_short(base_n)}",
+                ratio=ratio(per_row[n], per_row[base_n]),
+                ratio_label=f"vs {_short(base_n)}",
+                notes=(
+                    f"orchestrate --rehearse on {n:,} rows with the swarm up ({sw.migrators} migrators, shard_rows "
+                    f"{sw.shard_rows}, batch {cfg0.embedding.batch_size}): {r.to_finish_s or r.wall_s:.1f} s to "
+                    f"finished_at, backfill {back:.1f} s ({back / n * 1e6:.0f} µs/row)"
+                ),
+                details={
+                    "rows": n,
+                    "seconds_to_finish": r.to_finish_s,
+                    "orchestrate_wall_s": round(r.wall_s, 2),
+                    "phases": r.phases,
+                    "seed_seconds": seeded[n],
+                    "spawn_seconds": round(spawn_s, 1),
+                    "backfill_us_per_row": round(back / n * 1e6, 2),
+                },
+            )
+        )
+    return out
+
+
+def _short(n: int) -> str:
+    return (
+        f"{n // 1_000_000}M"
+        if n >= 1_000_000 and n % 1_000_000 == 0
+        else (f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n))
+    )

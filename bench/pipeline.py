@@ -1,0 +1,171 @@
+"""``pipeline_efficiency`` and ``migrator_rss_mb``: a whole migration against its embedder alone, and the
+memory a migrator holds."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from bench.lab import Lab, create_docs_table, orchestrate_timed
+from bench.results import Result, Target, ratio
+from swarm.core.errors import SwarmError
+from swarm.core.log import get_logger
+
+if TYPE_CHECKING:
+    from swarm.core.config import Config
+
+log = get_logger()
+
+
+def _plain_rows_per_second(cfg: Config, texts: list[str], warm: list[str]) -> tuple[float, dict[str, Any]]:
+    """The migrator's embedder, built as the migrator builds it, on ``texts`` in the migrator's batches."""
+    from model.embedder import LlamaEmbedder
+
+    e = cfg.embedding
+    threads = e.n_threads or os.cpu_count() or 1
+    with LlamaEmbedder(
+        str(cfg.path(e.model_path)),
+        document_prefix=e.document_prefix,
+        query_prefix=e.query_prefix,
+        cache_size=e.cache_size,
+        batch_size=e.batch_size,
+        n_threads=threads,
+        truncate_dim=e.truncate_dim,
+        flash_attn=e.flash_attn,
+        expected_dim=e.dimension,
+    ) as emb:
+        emb.embed_many(warm)
+        emb.stats.reset()
+        t = time.perf_counter()
+        for i in range(0, len(texts), e.batch_size):
+            emb.embed_many(texts[i : i + e.batch_size])
+        seconds = time.perf_counter() - t
+        stats = emb.stats.as_dict()
+    return len(texts) / seconds, {"seconds": round(seconds, 2), "threads": threads, **stats}
+
+
+def fig_pipeline(lab: Lab) -> list[Result]:
+    from swarm import commands
+
+    n = lab.sizes.pipeline_rows
+    docs = lab.docs()
+    if len(docs) < n + 32:
+        raise SwarmError(f"the corpus has {len(docs)} documents; {n} needed")
+    rows = [(d.id, d.content) for d in docs[:n]]
+    dsn = lab.database("bench_pipeline")
+    create_docs_table(dsn, "documents", rows)
+    cfg = lab.config(dsn, "documents")
+    load_before = os.getloadavg()
+    base_rps, base = _plain_rows_per_second(cfg, [r[1] for r in rows], [d.content for d in docs[n : n + 32]])
+    lab.kill_swarm()
+    run = orchestrate_timed(cfg, "bench: pipeline", before=lambda: commands.init(cfg))
+    if run.code != 0 or run.rows != n:
+        raise SwarmError(
+            f"the migration ended with exit code {run.code}, {run.rows}/{n} rows: {run.status.get('reason')}"
+        )
+    assert run.to_finish_s is not None
+    lab.shared["pipeline"] = {"infos": lab.migrator_infos(), "dsn": dsn, "cfg": cfg}
+    nice = sorted({n for n in (_niceness(i["pid"]) for i in lab.shared["pipeline"]["infos"]) if n is not None})
+    swarm_rps = n / run.to_finish_s
+    sw = cfg.swarm
+    from agents.actors import threads_per_migrator
+
+    threads = threads_per_migrator(sw.threads_per_migrator, sw.migrators)
+    notes = (
+        f"{n} demo rows (stdlib functions); swarm: {sw.migrators} migrators (nice {nice}, Ray's default; this "
+        f"process nice {os.getpriority(os.PRIO_PROCESS, 0)}) × {threads} llama.cpp threads, "
+        f"shard_rows {sw.shard_rows}, batch {cfg.embedding.batch_size}, {sw.index} index built, no validators; "
+        f"baseline: one LlamaEmbedder with {base['threads']} threads, same batches, in this process; "
+        f"swarm time = init → finished_at ({run.to_finish_s:.1f} s; backfill {run.phases.get('backfill', 0):.1f} s, "
+        f"index {run.phases.get('index', 0):.1f} s)"
+    )
+    return [
+        Result(
+            "pipeline_efficiency",
+            swarm_rps,
+            "rows/s",
+            Target(">=", 0.90, "ratio"),
+            baseline=base_rps,
+            baseline_label="plain embedder rows/s",
+            ratio=ratio(swarm_rps, base_rps),
+            ratio_label="swarm / plain",
+            notes=notes,
+            details={
+                "rows": n,
+                "baseline": base,
+                "swarm_seconds_to_finish": round(run.to_finish_s, 2),
+                "orchestrate_wall_seconds": round(run.wall_s, 2),
+                "phases": run.phases,
+                "migrators": sw.migrators,
+                "threads_per_migrator": threads,
+                "shard_rows": sw.shard_rows,
+                "migrator_niceness": nice,
+                "batch_size": cfg.embedding.batch_size,
+                "migrator_infos": lab.shared["pipeline"]["infos"],
+                "load_before": load_before,
+                "load_after": os.getloadavg(),
+            },
+        )
+    ]
+
+
+def _niceness(pid: int) -> int | None:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return None
+
+
+def fig_rss(lab: Lab) -> list[Result]:
+    from swarm import commands
+
+    shared = lab.shared.get("pipeline")
+    if shared is None:
+        n = lab.sizes.rss_rows
+        dsn = lab.database("bench_rss")
+        create_docs_table(dsn, "documents", [(d.id, d.content) for d in lab.docs()[:n]])
+        cfg = lab.config(dsn, "documents")
+        lab.kill_swarm()
+        run = orchestrate_timed(cfg, "bench: rss", before=lambda: commands.init(cfg))
+        if run.code != 0:
+            raise SwarmError(f"the migration ended with exit code {run.code}: {run.status.get('reason')}")
+        infos, source = lab.migrator_infos(), f"a {n}-row migration"
+    else:
+        dsn, cfg, infos = shared["dsn"], shared["cfg"], shared["infos"]
+        source = "the pipeline figure's migration"
+    # The baseline: the same actors doing the same shards of the same table without a model (a rehearsal).
+    lab.kill_swarm()
+    rehearsal = orchestrate_timed(cfg, "bench: rss baseline", rehearse=True, before=lambda: commands.init(cfg))
+    if rehearsal.code != 0:
+        raise SwarmError(f"the rehearsal ended with exit code {rehearsal.code}: {rehearsal.status.get('reason')}")
+    bare = lab.migrator_infos()
+    lab.kill_swarm()
+    peak = max(i["peak_rss_mb"] for i in infos)
+    bare_peak = max(i["peak_rss_mb"] for i in bare)
+    model_mb = max(i["model_mb"] for i in infos)
+    q8, _ = lab.models()
+    notes = (
+        f"max over {len(infos)} migrators after {source}; model's share: {model_mb:.0f} MB at load (RSS before/"
+        f"after LlamaEmbedder), {peak - bare_peak:.0f} MB over a rehearsal migrator's peak "
+        f"(GGUF file {q8.stat().st_size / 2**20:.0f} MB)"
+    )
+    return [
+        Result(
+            "migrator_rss_mb",
+            peak,
+            "MB",
+            Target("<=", 400),
+            baseline=bare_peak,
+            baseline_label="rehearsal migrator (no model) peak MB",
+            ratio=ratio(peak, bare_peak),
+            notes=notes,
+            details={
+                "migrators": infos,
+                "rehearsal_migrators": bare,
+                "model_mb_at_load": model_mb,
+                "model_share_over_rehearsal_mb": round(peak - bare_peak, 1),
+                "gguf_mb": round(q8.stat().st_size / 2**20, 1),
+            },
+        )
+    ]

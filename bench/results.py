@@ -1,0 +1,332 @@
+"""What a figure reports, how it is judged and printed (pure functions: tested without the real parts),
+the figure names and the sizes of their workloads."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from swarm.core.errors import UsageError
+from swarm.core.log import get_logger
+
+if TYPE_CHECKING:
+    pass
+
+log = get_logger()
+
+
+DIM = 384
+ST_BATCH = 32  # sentence-transformers' own default for encode()
+MINILM_Q8 = "all-MiniLM-L6-v2.Q8_0.gguf"
+MINILM_F16 = "all-MiniLM-L6-v2.f16.gguf"
+
+
+@dataclass(frozen=True)
+class Target:
+    """``subject op bound``; ``subject`` is ``"value"`` or ``"ratio"`` (what the bound applies to)."""
+
+    op: str  # ">=", "<=" or "within" (|ratio - 1| <= bound)
+    bound: float
+    subject: str = "value"
+
+    def check(self, value: float | None, ratio: float | None) -> bool | None:
+        x = ratio if self.subject == "ratio" else value
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return None
+        if self.op == ">=":
+            return x >= self.bound
+        if self.op == "<=":
+            return x <= self.bound
+        if self.op == "within":
+            return abs(x - 1.0) <= self.bound
+        raise ValueError(f"unknown target operator {self.op!r}")
+
+    def __str__(self) -> str:
+        if self.op == "within":
+            return f"{self.subject} within 1 ± {self.bound:g}"
+        return f"{self.subject} {self.op} {self.bound:g}"
+
+
+@dataclass
+class Result:
+    """One line of the results table."""
+
+    figure: str
+    value: float | None
+    unit: str
+    target: Target
+    baseline: float | None = None
+    baseline_label: str = ""
+    ratio: float | None = None
+    ratio_label: str = "value / baseline"
+    notes: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        if self.error:
+            return None
+        return self.target.check(self.value, self.ratio)
+
+    @property
+    def verdict(self) -> str:
+        if self.error:
+            return "error"
+        return {True: "pass", False: "miss", None: "n/a"}[self.passed]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target"] = str(self.target)
+        d["target_spec"] = asdict(self.target)
+        d["passed"] = self.passed
+        d["verdict"] = self.verdict
+        return d
+
+
+def previous_results(out_dir: Path, *, quick: bool, rerun: Sequence[str]) -> list[Result]:
+    """The figures of the last run in ``out_dir`` (same ``quick``) that this run does not measure again, so a
+    ``--only`` run updates its figures in the table instead of dropping the others. Each keeps a note of when
+    it was measured."""
+    path = out_dir / "results.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if bool(data.get("quick")) != quick:
+        return []
+    names = {fig for name in rerun for fig, _ in TARGETS.get(name, [])}
+    when = (data.get("machine") or {}).get("date", "an earlier run")
+    kept = []
+    for d in data.get("results", []):
+        if d.get("figure") in names:
+            continue
+        try:
+            r = Result(
+                d["figure"],
+                d.get("value"),
+                d.get("unit", ""),
+                Target(**d["target_spec"]),
+                baseline=d.get("baseline"),
+                baseline_label=d.get("baseline_label", ""),
+                ratio=d.get("ratio"),
+                ratio_label=d.get("ratio_label", ""),
+                notes=d.get("notes", ""),
+                details=d.get("details") or {},
+                error=d.get("error"),
+            )
+        except (KeyError, TypeError):
+            continue
+        r.details.setdefault("measured", when)
+        if not r.notes.startswith("(measured "):
+            r.notes = f"(measured {r.details['measured']}) {r.notes}"
+        kept.append(r)
+    return kept
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``, or None when either is missing or ``b`` is 0."""
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (linear interpolation, numpy's default)."""
+    if not samples:
+        raise ValueError("no samples")
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
+
+
+def mean_recall(found: Sequence[Sequence[Any]], truth: Sequence[Sequence[Any]], k: int) -> float:
+    """Mean over queries of recall@k (:func:`swarm.quality.recall_at_k`) of ``found`` against the exact top k."""
+    from swarm.quality import recall_at_k
+
+    if len(found) != len(truth) or not truth:
+        raise ValueError("found and truth must be non-empty and of the same length")
+    return float(
+        np.mean(
+            [recall_at_k([str(x) for x in f], [str(x) for x in t][:k], k) for f, t in zip(found, truth, strict=True)]
+        )
+    )
+
+
+def version(dist: str) -> str:
+    """The installed version of a distribution, or ``-``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    ax = abs(x)
+    s = f"{x:,.0f}" if ax >= 1000 else f"{x:.1f}" if ax >= 100 else f"{x:.2f}" if ax >= 1 else f"{x:.3f}"
+    return f"{s} {unit}".strip()
+
+
+def render_markdown(results: Sequence[Result], machine: dict[str, Any], *, quick: bool, seconds: float) -> str:
+    """The results table (figure, value, baseline, ratio, target, pass/miss, notes) with the machine."""
+    load = machine.get("loadavg_start"), machine.get("loadavg_end")
+    lines = [
+        "# swarm bench" + (" (quick: smaller sizes, not comparable to the targets)" if quick else ""),
+        "",
+        f"Machine: {machine.get('cores')} cores, {machine.get('cpu_model')}, {machine.get('memory_gb')} GB RAM, "
+        f"{machine.get('system')}; Python {machine.get('python')}, llama-cpp-python {machine.get('llama_cpp')}, "
+        f"PostgreSQL {machine.get('postgres') or '-'} + pgvector {machine.get('pgvector') or '-'}, "
+        f"Ray {machine.get('ray')}.",
+        f"Load average (1/5/15 min) at start {_loads(load[0])}, at end {_loads(load[1])}; "
+        f"run took {seconds / 60:.1f} min on {machine.get('date')}.",
+        "",
+        "| figure | value | baseline | ratio | target | result | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.figure} | - | - | - | {r.target} | **error** | {_cell(r.error)} |")
+            continue
+        base = r.baseline_label or "-"
+        if r.baseline is not None:
+            base = f"{_fmt(r.baseline)} ({r.baseline_label})" if r.baseline_label else _fmt(r.baseline)
+        rat = f"{_fmt(r.ratio)} ({r.ratio_label})" if r.ratio is not None else "-"
+        verdict = r.verdict if r.verdict != "miss" else "**miss**"
+        lines.append(
+            f"| {r.figure} | {_fmt(r.value, r.unit)} | {_cell(base)} | {_cell(rat)} | {r.target} | {verdict} | "
+            f"{_cell(r.notes)} |"
+        )
+    lines += ["", "Details of each figure (sweeps, phases, per-round timings) are in `results.json`.", ""]
+    return "\n".join(lines)
+
+
+def _loads(x: Any) -> str:
+    return "/".join(f"{v:.2f}" for v in x) if x else "-"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_results(
+    out_dir: Path,
+    results: Sequence[Result],
+    machine: dict[str, Any],
+    *,
+    quick: bool,
+    seconds: float,
+    figures: Sequence[str],
+) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` in ``out_dir`` (atomically: temp name, then rename)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {
+        "quick": quick,
+        "figures_run": list(figures),
+        "seconds": round(seconds, 1),
+        "machine": machine,
+        "results": [r.as_dict() for r in results],
+    }
+    paths = out_dir / "results.json", out_dir / "results.md"
+    texts = (
+        json.dumps(data, indent=2, default=_json_default),
+        render_markdown(results, machine, quick=quick, seconds=seconds),
+    )
+    for path, text in zip(paths, texts, strict=True):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return paths
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figure names and sizes
+# --------------------------------------------------------------------------------------------------------------
+FIGURES = ("embed", "pipeline", "rss", "search", "cache", "overhead")
+ALIASES = {
+    "embed_ratio_vs_sentence_transformers": "embed",
+    "pipeline_efficiency": "pipeline",
+    "migrator_rss_mb": "rss",
+    "search_p95_ms": "search",
+    "search_recall_at_10": "search",
+    "cache_hit_rate": "cache",
+    "overhead_per_row_us": "overhead",
+}
+
+
+def select_figures(only: Sequence[str] | None) -> list[str]:
+    """The figures to run, in the bench's order; ``only`` takes figure names or aliases."""
+    if not only:
+        return list(FIGURES)
+    wanted = set()
+    for name in only:
+        key = name.strip()
+        if not key:
+            continue
+        key = ALIASES.get(key, key)
+        if key not in FIGURES:
+            names = ", ".join([*FIGURES, *ALIASES])
+            raise UsageError(f"--only {name}: no such figure; use one of {names}")
+        wanted.add(key)
+    if not wanted:
+        raise UsageError("--only: name at least one figure")
+    return [f for f in FIGURES if f in wanted]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each figure's workload is (the full bench, or ``--quick``)."""
+
+    embed_texts: int = 300
+    embed_rounds: int = 3
+    pipeline_rows: int = 5000
+    rss_rows: int = 1000  # when the pipeline figure did not run first
+    search_rows: int = 100_000
+    search_queries: int = 200
+    search_exact_queries: int = 100
+    cache_unique: int = 100
+    cache_copies: int = 10
+    overhead_rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            embed_texts=48,
+            embed_rounds=1,
+            pipeline_rows=600,
+            rss_rows=300,
+            search_rows=10_000,
+            search_queries=50,
+            search_exact_queries=30,
+            cache_unique=30,
+            overhead_rows=(2_000, 10_000, 40_000),
+        )
+
+
+TARGETS = {
+    "embed": [("embed_ratio_vs_sentence_transformers", Target(">=", 1.5, "ratio"))],
+    "pipeline": [("pipeline_efficiency", Target(">=", 0.90, "ratio"))],
+    "rss": [("migrator_rss_mb", Target("<=", 400))],
+    "search": [("search_p95_ms", Target("<=", 10)), ("search_recall_at_10", Target(">=", 0.95))],
+    "cache": [("cache_hit_rate", Target(">=", 0.9))],
+    "overhead": [("overhead_per_row_us", Target("within", 0.25, "ratio"))],
+}

@@ -1,0 +1,177 @@
+"""``python -m bench`` (``make bench``): the performance figures, each next to a baseline measured in the same run.
+
+Every figure runs the real parts: the GGUF model through llama.cpp, an embedded PostgreSQL + pgvector started in
+a scratch state directory, and a Ray head node started for the run; all of it is stopped and removed at the end.
+A baseline is measured in the same process and the same minutes as its figure, so a ratio compares like with
+like even on a shared machine (absolute numbers still move with the machine's load, which is recorded).
+
+Figures (``--only`` takes these names or the short aliases in brackets):
+
+1. ``embed_ratio_vs_sentence_transformers`` [embed]: tokens/s of :class:`~model.embedder.LlamaEmbedder` (the
+   all-MiniLM-L6-v2 Q8_0 GGUF) over sentence-transformers' on the same model, texts and thread count; the two
+   are timed in alternating rounds and the figure is the median of the per-round ratios.
+2. ``pipeline_efficiency`` [pipeline]: rows/s of a whole migration (``init`` + ``orchestrate`` on a fresh
+   database, from the ``init`` call to the migration's ``finished_at``) over rows/s of the same embedder
+   embedding the same texts, batch by batch, in this process.
+3. ``migrator_rss_mb`` [rss]: peak RSS (VmHWM) of a data-migrator actor after a migration, next to a rehearsal
+   migrator (same actor and work, no model).
+4. ``search_p95_ms`` and ``search_recall_at_10`` [search]: swarm's search SQL through the ANN index swarm builds,
+   on synthetic 384-dim vectors shaped like MiniLM's; ivfflat probes and hnsw ef_search are swept and the
+   cheapest setting with recall@10 >= 0.95 is reported, next to exact search.
+5. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
+   migration with the cache off (time saved).
+6. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
+   call to the migration's ``finished_at``, per row; each size against the smallest.
+
+Results go to ``bench/results.json`` and ``bench/results.md``. The exit code is 0 when every figure was measured
+and met its target, 1 otherwise (the table says which and why)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.cache import fig_cache
+from bench.embed import fig_embed
+from bench.lab import Lab
+from bench.overhead import fig_overhead
+from bench.pipeline import fig_pipeline, fig_rss
+from bench.results import (
+    TARGETS,
+    Result,
+    Sizes,
+    _fmt,
+    _loads,
+    previous_results,
+    render_markdown,
+    select_figures,
+    version,
+    write_results,
+)
+from bench.search import fig_search
+from swarm.core.errors import EXIT_FAILED, EXIT_OK
+from swarm.core.log import get_logger
+
+if TYPE_CHECKING:
+    from swarm.core.config import Config
+
+log = get_logger()
+
+
+RUNNERS: dict[str, Callable[[Lab], list[Result]]] = {
+    "embed": fig_embed,
+    "pipeline": fig_pipeline,
+    "rss": fig_rss,
+    "search": fig_search,
+    "cache": fig_cache,
+    "overhead": fig_overhead,
+}
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU model, memory, OS, versions and load: printed with every result."""
+    model = platform.processor() or "-"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = round(int(line.split()[1]) / 2**20, 1)
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": mem,
+        "system": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "llama_cpp": version("llama-cpp-python"),
+        "ray": version("ray"),
+        "torch": version("torch"),
+        "sentence_transformers": version("sentence-transformers"),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.PathLike[str] | None = None) -> int:
+    """Run the selected figures (all by default) and write ``bench/results.json`` and ``results.md``.
+
+    Returns 0 when every figure was measured and met its target, 1 otherwise. ``out_dir`` defaults to
+    ``bench/`` under the project root.
+    """
+    figures = select_figures(only)
+    sizes = Sizes.quick() if quick else Sizes()
+    out = Path(out_dir) if out_dir is not None else Path(cfg.root or ".") / "bench"
+    machine = machine_info()
+    started = time.perf_counter()
+    kept = previous_results(out, quick=quick, rerun=figures) if only else []
+    results: list[Result] = []
+    lab = Lab(cfg, sizes)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through lab.close()
+
+    signal.signal(signal.SIGTERM, on_term)
+    _say(
+        f"swarm bench{' --quick' if quick else ''}: {', '.join(figures)} on {machine['cores']} cores "
+        f"({machine['cpu_model']}), load {_loads(machine['loadavg_start'])}"
+    )
+    try:
+        for name in figures:
+            t = time.perf_counter()
+            _say(f"\n== {name} ...")
+            try:
+                got = RUNNERS[name](lab)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one figure failing must not lose the others
+                log.exception("bench.figure_failed", figure=name)
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+                got = [Result(fig, None, "", target, error=reason) for fig, target in TARGETS[name]]
+            for r in got:
+                r.details.setdefault("figure_seconds", round(time.perf_counter() - t, 1))
+                r.details.setdefault("loadavg_after", [round(x, 2) for x in os.getloadavg()])
+                _say(_line(r))
+            results.extend(got)
+            machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+            elapsed = time.perf_counter() - started
+            write_results(out, _ordered(kept + results), machine, quick=quick, seconds=elapsed, figures=figures)
+        machine.update(lab.server_versions())
+    finally:
+        lab.close()
+        signal.signal(signal.SIGTERM, previous)
+    machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    seconds = time.perf_counter() - started
+    results = _ordered(kept + results)
+    json_path, md_path = write_results(out, results, machine, quick=quick, seconds=seconds, figures=figures)
+    _say("\n" + render_markdown(results, machine, quick=quick, seconds=seconds))
+    _say(f"written: {json_path}, {md_path}")
+    return EXIT_OK if results and all(r.passed for r in results) else EXIT_FAILED
+
+
+def _ordered(results: list[Result]) -> list[Result]:
+    """In the table's order (the order of TARGETS)."""
+    order = [fig for figs in TARGETS.values() for fig, _ in figs]
+    return sorted(results, key=lambda r: order.index(r.figure) if r.figure in order else len(order))
+
+
+def _line(r: Result) -> str:
+    if r.error:
+        return f"   {r.figure}: ERROR {r.error}"
+    base = f"{_fmt(r.baseline)} {r.baseline_label}" if r.baseline is not None else "-"
+    rat = f"{_fmt(r.ratio)} ({r.ratio_label})" if r.ratio is not None else "-"
+    return f"   {r.figure}: {_fmt(r.value, r.unit)} | baseline {base} | ratio {rat} | {r.target}: {r.verdict}"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)

@@ -1,0 +1,53 @@
+"""A migration's life in the database, one module per step: ``record`` (the migration and its state), ``plan``
+(expand), ``shards``, ``backfill`` (a batch's write and the drain of queued changes), ``index``, ``status`` and
+``rollback`` (contract). The names below are what the agents and the commands use."""
+
+from swarm.migration.backfill import apply_batch, drain_changes, enqueue_missing
+from swarm.migration.index import build_index, index_progress, index_settings, ivfflat_lists
+from swarm.migration.plan import (
+    REHEARSAL_COLUMN,
+    TableInfo,
+    inspect_table,
+    legacy_checksum,
+    plan,
+    run_ddl,
+    target_for,
+)
+from swarm.migration.record import TERMINAL, Migration, event, latest, load, set_state
+from swarm.migration.rollback import drop_sync, rollback
+from swarm.migration.shards import claim_shard, make_shards, release_shard, requeue_running, stop_shards
+from swarm.migration.status import check_connection, dead_letters, finish_counts, status
+
+__all__ = [
+    "REHEARSAL_COLUMN",
+    "TERMINAL",
+    "Migration",
+    "TableInfo",
+    "apply_batch",
+    "build_index",
+    "check_connection",
+    "claim_shard",
+    "dead_letters",
+    "drain_changes",
+    "drop_sync",
+    "enqueue_missing",
+    "event",
+    "finish_counts",
+    "index_progress",
+    "index_settings",
+    "inspect_table",
+    "ivfflat_lists",
+    "latest",
+    "legacy_checksum",
+    "load",
+    "make_shards",
+    "plan",
+    "release_shard",
+    "requeue_running",
+    "rollback",
+    "run_ddl",
+    "set_state",
+    "status",
+    "stop_shards",
+    "target_for",
+]

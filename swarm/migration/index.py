@@ -1,0 +1,90 @@
+"""The ANN index on the new column: ``CREATE INDEX CONCURRENTLY`` at the end of the backfill, and its progress."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from swarm.core.log import get_logger
+from swarm.migration.record import Migration
+from swarm.store.db import Database, ServerInfo
+
+if TYPE_CHECKING:
+    from swarm.core.config import SwarmConfig
+
+log = get_logger()
+
+
+def ivfflat_lists(rows: int) -> int:
+    """pgvector's guidance: rows/1000 up to 1M rows, sqrt(rows) above."""
+    return max(1, rows // 1000) if rows <= 1_000_000 else max(1, int(math.sqrt(rows)))
+
+
+def index_settings(m: Migration) -> SwarmConfig:
+    """The ``[swarm]`` section the migration was planned with (its index parameters; defaults for keys a
+    migration planned by an older swarm did not record)."""
+    from swarm.core.config import SwarmConfig
+
+    recorded = (m.config or {}).get("swarm") or {}
+    return SwarmConfig.model_validate({k: v for k, v in recorded.items() if k in SwarmConfig.model_fields})
+
+
+def build_index(
+    db: Database, m: Migration, method: str, server: ServerInfo, swarm: SwarmConfig | None = None
+) -> str | None:
+    """CREATE INDEX CONCURRENTLY on the new column; returns its name, or None when not indexable.
+
+    The parameters (``hnsw_m``, ``hnsw_ef_construction``, ``index_build_memory_mb``; ivfflat's lists follow the
+    row count) come from ``swarm``, else from the config the migration was planned with, so a resumed migration
+    builds the index it planned.
+    """
+    if method == "none":
+        return None
+    column_type, indexable = server.column_type(m.dimension)
+    if not indexable:
+        log.warning("index.skipped", dimension=m.dimension, reason="too many dimensions for an ANN index here")
+        return None
+    s = swarm if swarm is not None else index_settings(m)
+    opclass = f"{m.column_type}_cosine_ops"
+    lists = None
+    if method == "ivfflat":
+        lists = ivfflat_lists(db.run(lambda c: c.execute(m.target.count_with_vector()).fetchone()[0], what="count"))
+    create = m.target.create_index(m.id, method, opclass, lists, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction)
+
+    def go(conn: psycopg.Connection) -> None:
+        # A failed CONCURRENTLY build leaves an INVALID index behind: drop it before trying again.
+        valid = conn.execute(
+            "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid WHERE c.relname = %s",
+            [m.target.index_name(m.id)],
+        ).fetchone()
+        if valid is not None and not valid[0]:
+            conn.execute(m.target.drop_index(m.id))
+        # CREATE INDEX CONCURRENTLY cannot run in a transaction, so no SET LOCAL: set the session's memory
+        # for the build and put it back after. An hnsw graph that outgrows it is built far more slowly.
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [f"{s.index_build_memory_mb}MB"])
+        try:
+            conn.execute(create)
+        finally:
+            if not conn.broken:
+                conn.execute("RESET maintenance_work_mem")
+
+    log.info("index.build", method=method, lists=lists, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction)
+    db.run(go, what="create_index")
+    name = m.target.index_name(m.id)
+    db.run(
+        lambda c: c.execute("UPDATE swarm.migrations SET index_name = %s WHERE id = %s", [name, m.id]),
+        what="ix",
+    )
+    return name
+
+
+def index_progress(conn: psycopg.Connection) -> dict[str, Any] | None:
+    r = conn.execute(
+        "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total FROM pg_stat_progress_create_index "
+        "WHERE command = 'CREATE INDEX CONCURRENTLY' LIMIT 1"
+    ).fetchone()
+    if r is None:
+        return None
+    return dict(zip(("phase", "blocks_done", "blocks_total", "tuples_done", "tuples_total"), r, strict=True))

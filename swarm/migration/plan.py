@@ -1,0 +1,236 @@
+"""Plan (expand, pgroll-style): check the table, add the new column and the sync trigger under ``lock_timeout``,
+record the migration and split the table into shards."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from swarm.core.errors import ConfigError, DimensionMismatch, MigrationError
+from swarm.core.log import get_logger
+from swarm.migration.record import Migration, event, load, set_state
+from swarm.migration.shards import make_shards
+from swarm.store.db import Database, ServerInfo
+from swarm.store.sql import Target, regclass_text, split_table
+
+if TYPE_CHECKING:
+    from swarm.core.config import Config
+
+log = get_logger()
+
+REHEARSAL_COLUMN = "swarm_rehearsal"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The target table
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableInfo:
+    key_type: str
+    content_type: str
+    legacy_type: str | None
+    legacy_dim: int | None
+    new_type: str | None
+    new_dim: int | None
+    rows_estimate: int
+
+
+_DIM = re.compile(r"^(vector|halfvec)\((\d+)\)$")
+
+
+def inspect_table(conn: psycopg.Connection, cfg: Config) -> TableInfo:
+    """Check the table and its columns exist as the config says; refuse a table without a primary key."""
+    dbc = cfg.database
+    schema, table = split_table(dbc.table)
+    row = conn.execute("SELECT to_regclass(%s)::oid", [regclass_text(schema, table)]).fetchone()
+    if row is None or row[0] is None:
+        raise ConfigError("database.table", dbc.table, "no such table; check the name (and its schema)")
+    oid = row[0]
+    cols = {
+        name: ftype
+        for name, ftype in conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+            [oid],
+        ).fetchall()
+    }
+    pk = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary",
+        [oid],
+    ).fetchall()
+    if not pk:
+        raise ConfigError(
+            "database.table", dbc.table, "has no primary key; add one (swarm shards and checkpoints by it)"
+        )
+    if len(pk) > 1:
+        raise ConfigError("database.table", dbc.table, "has a composite primary key; swarm needs a single-column key")
+    if pk[0][0] != dbc.id_column:
+        raise ConfigError("database.id_column", dbc.id_column, f"the primary key is {pk[0][0]!r}; set id_column to it")
+    for key in ("content_column", "legacy_column"):
+        col = getattr(dbc, key)
+        if col not in cols:
+            raise ConfigError(
+                f"database.{key}", col, f"no such column in {dbc.table}; columns: {', '.join(sorted(cols))}"
+            )
+    content_type = cols[dbc.content_column]
+    if content_type not in ("text", "character varying") and not content_type.startswith("character varying"):
+        raise ConfigError("database.content_column", dbc.content_column, f"is {content_type}; it must be text")
+    m = _DIM.match(cols[dbc.legacy_column])
+    new = _DIM.match(cols.get(dbc.new_column, "")) if dbc.new_column in cols else None
+    est = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s", [oid]).fetchone()[0]
+    return TableInfo(
+        key_type=cols[dbc.id_column],
+        content_type=content_type,
+        legacy_type=m.group(1) if m else cols[dbc.legacy_column],
+        legacy_dim=int(m.group(2)) if m else None,
+        new_type=new.group(1) if new else (cols.get(dbc.new_column)),
+        new_dim=int(new.group(2)) if new else None,
+        rows_estimate=max(0, int(est)),
+    )
+
+
+def target_for(cfg: Config, key_type: str, *, rehearse: bool = False) -> Target:
+    d = cfg.database
+    return Target(
+        table=d.table,
+        id_column=d.id_column,
+        content_column=d.content_column,
+        legacy_column=d.legacy_column,
+        new_column=REHEARSAL_COLUMN if rehearse else d.new_column,
+        key_type=key_type,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DDL under lock_timeout
+# --------------------------------------------------------------------------------------------------------------
+def run_ddl(db: Database, statements: Iterable[sql.Composable], *, lock_timeout_ms: int, retries: int) -> int:
+    """Run DDL in one transaction under ``lock_timeout``; retry with backoff when the lock is not granted.
+
+    While an ALTER waits for its ACCESS EXCLUSIVE lock, every later query on the table queues behind it; a
+    short lock_timeout bounds that wait, and the retry gives the application's transactions room in between.
+    Returns the number of attempts it took.
+    """
+    stmts = list(statements)
+    delay = 0.1
+    for attempt in range(1, retries + 2):
+        try:
+            conn = db.conn
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
+                for s in stmts:
+                    conn.execute(s)
+            return attempt
+        except pgerrors.LockNotAvailable:
+            if attempt > retries:
+                raise MigrationError(
+                    f"could not lock the table within {lock_timeout_ms} ms after {attempt} attempts "
+                    "(a long transaction holds it); retry later or raise swarm.lock_timeout_ms"
+                ) from None
+            log.warning("ddl.lock_timeout", attempt=attempt, retry_in=round(delay, 2))
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plan
+# --------------------------------------------------------------------------------------------------------------
+def legacy_checksum(conn: psycopg.Connection, target: Target) -> str:
+    n, digest = conn.execute(target.legacy_checksum()).fetchone()
+    return f"{n}:{digest}"
+
+
+def plan(
+    db: Database,
+    cfg: Config,
+    *,
+    name: str,
+    model_id: str,
+    model_sha256: str,
+    dimension: int,
+    server: ServerInfo,
+    table: TableInfo,
+    rehearse: bool = False,
+) -> Migration:
+    """Expand: add the new column and the sync trigger, record the migration, split the table into shards."""
+    conn = db.conn
+    column_type, indexable = server.column_type(dimension)
+    if not indexable:
+        log.warning(
+            "plan.no_ann_index",
+            dimension=dimension,
+            pgvector=server.pgvector_version,
+            hint="vector indexes stop at 2000 dims, halfvec (pgvector >= 0.7) at 4000",
+        )
+    target = target_for(cfg, table.key_type, rehearse=rehearse)
+    if not rehearse and table.new_dim is not None and table.new_dim != dimension:
+        raise DimensionMismatch(
+            f"{cfg.database.table}.{cfg.database.new_column}",
+            table.new_dim,
+            dimension,
+            where="the existing column",
+        )
+    checksum = legacy_checksum(conn, target)
+    with conn.transaction():
+        mid = conn.execute(
+            "INSERT INTO swarm.migrations (name, state, phase, table_name, id_column, key_type, content_column, "
+            "legacy_column, new_column, column_type, dimension, model_id, model_sha256, config, legacy_checksum, "
+            "rehearsal) VALUES (%s, 'planned', 'plan', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "RETURNING id",
+            [
+                name,
+                target.table,
+                target.id_column,
+                target.key_type,
+                target.content_column,
+                target.legacy_column,
+                target.new_column,
+                column_type,
+                dimension,
+                model_id,
+                model_sha256,
+                json.dumps(cfg.public_dict()),
+                checksum,
+                rehearse,
+            ],
+        ).fetchone()[0]
+    ddl: list[sql.Composable] = []
+    if rehearse:
+        ddl.append(target.drop_column())
+    ddl += [
+        target.add_column(column_type, dimension),
+        target.create_sync_function(mid),
+        target.create_sync_trigger(mid),
+    ]
+    try:
+        attempts = run_ddl(db, ddl, lock_timeout_ms=cfg.swarm.lock_timeout_ms, retries=cfg.swarm.ddl_retries)
+    except Exception as e:
+        # Nothing was changed (the DDL ran in one transaction): record why, so a rerun plans afresh instead of
+        # resuming a migration whose column does not exist.
+        reason = f"{type(e).__name__}: {e}"
+        db.run(lambda c: set_state(c, mid, "failed", phase="plan", reason=reason), what="plan_failed")
+        raise
+    rows = make_shards(db, mid, target, cfg.swarm.shard_rows)
+    with conn.transaction():
+        conn.execute("UPDATE swarm.migrations SET rows_total = %s, updated_at = now() WHERE id = %s", [rows, mid])
+        event(
+            conn,
+            mid,
+            "planned",
+            rows=rows,
+            column_type=column_type,
+            dimension=dimension,
+            ddl_attempts=attempts,
+        )
+    log.info("migration.planned", migration=mid, rows=rows, column_type=column_type, dimension=dimension)
+    return load(conn, mid)

@@ -1,0 +1,85 @@
+"""Shards: primary-key ranges of ~``shard_rows`` rows, handed to migrators and fenced by their attempt number.
+
+Claims use ``FOR UPDATE SKIP LOCKED`` so two coordinators (a restarted one and its ghost) never hand out the same
+shard twice in one attempt; a migrator's checkpoint UPDATE names the attempt it was given, so an owner presumed
+dead cannot commit after its shard was handed to another.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from swarm.store.db import Database
+from swarm.store.sql import Target
+
+
+def make_shards(db: Database, mid: int, target: Target, shard_rows: int) -> int:
+    """Split by primary-key ranges of ~``shard_rows`` rows each. Returns the row count."""
+    conn = db.conn
+    total = conn.execute(target.count_rows()).fetchone()[0]
+    bounds = [r[0] for r in conn.execute(target.shard_bounds(), {"step": int(shard_rows)}).fetchall()]
+    if bounds and len(bounds) * shard_rows == total:
+        bounds = bounds[:-1]  # the last bound would leave an empty final shard
+    ranges: list[tuple[str | None, str | None, int]] = []
+    lo: str | None = None
+    for b in bounds:
+        ranges.append((lo, b, shard_rows))
+        lo = b
+    ranges.append((lo, None, total - shard_rows * len(bounds)))
+    with conn.transaction():
+        conn.execute("DELETE FROM swarm.shards WHERE migration_id = %s", [mid])
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO swarm.shards (migration_id, shard_id, lo, hi, rows_planned) VALUES (%s, %s, %s, %s, %s)",
+                [(mid, i, lo_, hi_, n) for i, (lo_, hi_, n) in enumerate(ranges)],
+            )
+    return int(total)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shards: claim, release (the coordinator's side)
+# --------------------------------------------------------------------------------------------------------------
+def claim_shard(conn: psycopg.Connection, mid: int, worker: str) -> tuple[int, int] | None:
+    """Hand the next pending shard to ``worker``: (shard_id, attempt). The attempt number fences old owners."""
+    r = conn.execute(
+        "UPDATE swarm.shards SET state = 'running', worker = %s, attempt = attempt + 1, error = NULL, "
+        "started_at = coalesce(started_at, now()), updated_at = now() "
+        "WHERE migration_id = %s AND shard_id = ("
+        "  SELECT shard_id FROM swarm.shards WHERE migration_id = %s AND state = 'pending' "
+        "  ORDER BY shard_id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        "RETURNING shard_id, attempt",
+        [worker, mid, mid],
+    ).fetchone()
+    return (r[0], r[1]) if r else None
+
+
+def release_shard(
+    conn: psycopg.Connection, mid: int, shard_id: int, attempt: int, *, error: str, max_attempts: int
+) -> str:
+    """A shard's run failed: back to pending (it resumes from its checkpoint), or ``failed`` once it has failed
+    ``max_attempts`` times. Returns the new state."""
+    r = conn.execute(
+        "UPDATE swarm.shards SET failures = failures + 1, "
+        "state = CASE WHEN failures + 1 >= %s THEN 'failed' ELSE 'pending' END, error = %s, "
+        "updated_at = now() WHERE migration_id = %s AND shard_id = %s AND attempt = %s AND state = 'running' "
+        "RETURNING state",
+        [max_attempts, error[:2000], mid, shard_id, attempt],
+    ).fetchone()
+    return r[0] if r else "unchanged"
+
+
+def requeue_running(conn: psycopg.Connection, mid: int) -> int:
+    """After a coordinator restart: shards left 'running' go back to pending (their owners are fenced)."""
+    return conn.execute(
+        "UPDATE swarm.shards SET state = 'pending', updated_at = now() WHERE migration_id = %s AND state = 'running'",
+        [mid],
+    ).rowcount
+
+
+def stop_shards(conn: psycopg.Connection, mid: int) -> int:
+    """Fence every running shard: its migrator's next checkpoint fails and it stops writing."""
+    return conn.execute(
+        "UPDATE swarm.shards SET state = 'cancelled', updated_at = now() "
+        "WHERE migration_id = %s AND state IN ('running', 'pending')",
+        [mid],
+    ).rowcount

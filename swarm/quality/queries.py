@@ -1,0 +1,93 @@
+"""The query set: labelled (``relevant_ids``) or not, read from a JSONL file or a table, and sampled."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from swarm.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query, with the ids of the rows that answer it (empty when the set has no labels)."""
+
+    text: str
+    relevant: frozenset[str] = frozenset()
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.relevant)
+
+
+def load_queries(path: str | Path, *, key: str = "validation.queries") -> list[Query]:
+    """Read a JSONL query set: one ``{"query": "...", "relevant_ids": [...]}`` per line (labels optional).
+
+    A bad line is a :class:`~swarm.errors.ConfigError` naming the file, the line and what it should hold.
+    """
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(
+            key,
+            str(p),
+            "file not found; run `python -m swarm demo seed` or point it at a JSONL "
+            'query set ({"query": ..., "relevant_ids": [...]} per line)',
+        ) from None
+    out: list[Query] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            text = obj["query"]
+            rel = obj.get("relevant_ids") or []
+            if not isinstance(text, str) or not text.strip() or not isinstance(rel, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(
+                f"{key} ({p.name} line {n})",
+                line[:80],
+                'expected {"query": "<text>", "relevant_ids": [<id>, ...]}',
+            ) from None
+        out.append(Query(text, frozenset(str(r) for r in rel)))
+    if not out:
+        raise ConfigError(key, str(p), 'holds no queries; add JSONL lines with a "query" key')
+    return out
+
+
+def queries_from_table(conn: psycopg.Connection, table: str) -> list[Query]:
+    """A query set kept in a table with columns ``query`` and (optional) ``relevant_ids`` (an array)."""
+    from psycopg import sql
+
+    from swarm.store.sql import table_ident
+
+    cols = {
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            [table],
+        ).fetchall()
+    }
+    if "query" not in cols:
+        raise ConfigError("validation.queries", f"table:{table}", "no such table with a `query` column")
+    rel = sql.SQL("relevant_ids") if "relevant_ids" in cols else sql.SQL("NULL::text[]")
+    rows = conn.execute(
+        sql.SQL("SELECT query, {rel} FROM {t} ORDER BY 1").format(rel=rel, t=table_ident(table))
+    ).fetchall()
+    return [Query(q, frozenset(str(r) for r in (ids or []))) for q, ids in rows if q and q.strip()]
+
+
+def sample(queries: Sequence[Query], n: int, *, seed: int = 0) -> list[Query]:
+    """``n`` queries drawn without replacement, the same ones for the same seed (all when there are fewer)."""
+    if len(queries) <= n:
+        return list(queries)
+    return random.Random(seed).sample(list(queries), n)
