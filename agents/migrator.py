@@ -23,7 +23,7 @@ from swarm import migration as mig
 from swarm.core.config import Config
 from swarm.core.log import configure, get_logger
 from swarm.core.metrics import Metrics, peak_rss_mb, rss_mb
-from swarm.migration.backfill import Batch, BatchResult, Fenced, apply_batch, drain_changes
+from swarm.migration.backfill import AlreadyApplied, Batch, BatchResult, Fenced, apply_batch, drain_changes
 from swarm.store.db import Database
 
 log = get_logger()
@@ -58,7 +58,7 @@ class DataMigrator:
         self.cfg = Config.from_payload(payload)
         self.dsn: str = payload["dsn"]
         self.rehearse = rehearse
-        self.db = Database(self.dsn, application_name=f"swarm:{name}")
+        self.db = Database(self.dsn, application_name=f"swarm:{name}", retry_s=self.cfg.swarm.db_retry_s)
         # Each run_shard call opens its own connections (a restarted coordinator can hand a shard again to a
         # migrator that still runs it: two calls sharing one connection would nest their transactions); the
         # change queue's drain has its own, used by one drain at a time.
@@ -295,6 +295,7 @@ class DataMigrator:
         return Database(
             self.dsn,
             application_name=f"swarm:{self.name}:{role}",
+            retry_s=self.cfg.swarm.db_retry_s,
             idle_in_transaction_timeout_ms=self.cfg.swarm.idle_in_transaction_timeout_ms,
         )
 
@@ -374,6 +375,7 @@ class DataMigrator:
 
         def read_ahead() -> None:
             after = last_key if last_key is not None else lo
+            checkpoint = last_key
             try:
                 while not stop.is_set():
                     q, params = m.target.read_batch(after, hi, batch_size)
@@ -381,8 +383,8 @@ class DataMigrator:
                     if not got:
                         reader.put(None)
                         return
-                    b = Batch([r[0] for r in got], [r[1] for r in got], got[-1][0])
-                    after = b.last_key
+                    b = Batch([r[0] for r in got], [r[1] for r in got], got[-1][0], prev_key=checkpoint)
+                    after = checkpoint = b.last_key
                     reader.put(b)
             except BaseException as e:  # surfaced in the main thread
                 reader.put(e)
@@ -448,18 +450,22 @@ class DataMigrator:
         """One transaction: the vectors, the dead letters, the checkpoint (fenced), the batch record."""
 
         def go(conn: psycopg.Connection) -> BatchResult:
-            with conn.transaction():
-                return apply_batch(
-                    conn,
-                    m,
-                    b,
-                    vectors,
-                    errors,
-                    worker=self.name,
-                    embed_seconds=embed_s,
-                    truncated=truncated,
-                    shard=(shard_id, attempt),
-                )
+            try:
+                with conn.transaction():
+                    return apply_batch(
+                        conn,
+                        m,
+                        b,
+                        vectors,
+                        errors,
+                        worker=self.name,
+                        embed_seconds=embed_s,
+                        truncated=truncated,
+                        shard=(shard_id, attempt),
+                    )
+            except AlreadyApplied as e:  # rolled back: the first commit of this batch already counted it
+                log.warning("batch.already_applied", migration=m.id, shard=shard_id, last_key=b.last_key)
+                return e.result
 
         r = wdb.run(go, what="write_batch")
         self._count(m, r, shard_id)

@@ -22,6 +22,7 @@ from swarm.core.config import Config
 from swarm.core.errors import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_PAUSED,
     EXIT_ROLLED_BACK,
     ConfigError,
     ModelError,
@@ -263,7 +264,7 @@ def ensure_swarm(cfg: Config, dsn: str, *, rehearse: bool = False) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # orchestrate / status / rollback
 # --------------------------------------------------------------------------------------------------------------
-EXIT_BY_STATE = {"completed": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "failed": EXIT_FAILED}
+EXIT_BY_STATE = {"completed": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "failed": EXIT_FAILED, "paused": EXIT_PAUSED}
 
 
 def orchestrate(
@@ -276,7 +277,7 @@ def orchestrate(
     verbose: bool | None = None,
     poll: float = 0.5,
 ) -> int:
-    """Run a migration to its end and return its exit code (0 completed, 3 rolled back, 1 failed).
+    """Run a migration to its end and return its exit code (0 completed, 3 rolled back, 1 failed, 4 paused).
 
     Everything that can be wrong with the config, the model or the table is found before any change. A
     migration of this table that did not finish is resumed, not planned again. ``progress`` shows the live view
@@ -291,10 +292,28 @@ def orchestrate(
     info, table, server = preflight(cfg, db, rehearse=rehearse)
     current = db.run(lambda c: mig.latest(c, cfg, rehearse=rehearse), what="latest")
     coord = ensure_swarm(cfg, dsn, rehearse=rehearse)
-    if current is not None and (current.state not in mig.TERMINAL or current.state == "completed"):
+    resumable = current is not None and (current.state not in mig.TERMINAL or current.state == "completed")
+    if current is not None and resumable and current.phase != "unfollowed":
+        why = db.run(lambda c: mig.verify_resumable(c, current), what="verify")
+        if why:
+            # The table changed under the swarm (restored from a backup, column or trigger dropped by hand): the
+            # old migration cannot go on. It is recorded failed with the reason; a new one is planned.
+            _stop_coordinator(cfg)
+            mig.retire(db, current, cfg, reason=f"cannot resume: {why}")
+            _out(f"migration {current.id} cannot be resumed ({why}); recorded as failed, planning a new migration")
+            resumable = False
+    if current is not None and resumable and current.phase != "unfollowed":
         # Resume an unfinished migration; run a completed one again to catch up with the application's writes.
         m = current
         log.info("migration.resume", migration=m.id, state=m.state)
+        if m.state == mig.PAUSED:
+
+            def reopen(c: Any) -> None:
+                with c.transaction():
+                    mig.reopen(c, m.id)
+                    mig.set_state(c, m.id, "running", clear_reason=True)
+
+            db.run(reopen, what="reopen")
         if verbose:
             verb = "catching up" if m.state == "completed" else "resuming"
             _out(f"{verb}: migration {m.id} ({m.name!r}, {m.state})")

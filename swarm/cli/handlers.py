@@ -116,13 +116,13 @@ def orchestrate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def status(args: argparse.Namespace, cfg: Config) -> int:
-    from swarm.migration.record import TERMINAL
+    from swarm.migration.record import PAUSED, TERMINAL
     from swarm.ops.progress import render_status
 
     while True:
         st = commands.status(cfg)
         out(json.dumps(st, indent=2, default=str) if args.json else render_status(st))
-        if not args.watch or st["state"] in (*TERMINAL, "none"):
+        if not args.watch or st["state"] in (*TERMINAL, PAUSED, "none"):
             return EXIT_OK
         time.sleep(2)
 

@@ -130,6 +130,36 @@ class SwarmConfig(_Section):
         "exceed the model's time for one batch, since a drain embeds inside its transaction",
     )
     ddl_retries: int = Field(default=30, ge=0)
+    settle_rows: int = Field(
+        default=256,
+        ge=0,
+        description="the backfill counts as caught up with the application when at most this many changed rows "
+        "wait in the queue (or the oldest waits less than settle_seconds); the swarm then keeps following",
+    )
+    settle_seconds: float = Field(
+        default=10.0, ge=0, description="...or when the oldest queued change is younger than this"
+    )
+    worker_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="how long the coordinator waits for a vanished data-migrator before pausing the migration "
+        "(it resumes by itself when migrators answer again)",
+    )
+    db_retry_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long one database operation is retried through an outage before the coordinator pauses "
+        "the migration (it resumes by itself when the database answers again)",
+    )
+    resume_poll_s: float = Field(
+        default=5.0, gt=0, description="how often a paused coordinator looks for what it waits for"
+    )
+    vacuum_every_rows: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="VACUUM (ANALYZE) the table after this many rows backfilled (and always after the backfill), so "
+        "the rows the backfill rewrote are reclaimed; 0: only after the backfill",
+    )
     index: Literal["ivfflat", "hnsw", "none"] = "hnsw"
     # The ANN index on the new column (built once, at the end of the backfill) and how searches use it (set in
     # each search's transaction, so a change takes effect without a rebuild). pgvector's own limits apply.

@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ROLLED_BACK = 3
+EXIT_PAUSED = 4
 
 
 class SwarmError(Exception):

@@ -11,14 +11,17 @@ from swarm.migration.plan import (
     legacy_checksum,
     plan,
     run_ddl,
+    table_sizes,
     target_for,
+    verify_resumable,
 )
-from swarm.migration.record import TERMINAL, Migration, event, latest, load, set_state
-from swarm.migration.rollback import drop_sync, rollback
-from swarm.migration.shards import claim_shard, make_shards, release_shard, requeue_running, stop_shards
-from swarm.migration.status import check_connection, dead_letters, finish_counts, status
+from swarm.migration.record import PAUSED, TERMINAL, Migration, event, latest, load, set_state
+from swarm.migration.rollback import drop_sync, fence, retire, rollback, verify_legacy
+from swarm.migration.shards import claim_shard, make_shards, release_shard, reopen, requeue_running, stop_shards
+from swarm.migration.status import check_connection, dead_letters, finish_counts, queue_lag, record_lag, status
 
 __all__ = [
+    "PAUSED",
     "REHEARSAL_COLUMN",
     "TERMINAL",
     "Migration",
@@ -32,6 +35,7 @@ __all__ = [
     "drop_sync",
     "enqueue_missing",
     "event",
+    "fence",
     "finish_counts",
     "index_progress",
     "index_settings",
@@ -42,12 +46,19 @@ __all__ = [
     "load",
     "make_shards",
     "plan",
+    "queue_lag",
+    "record_lag",
     "release_shard",
+    "reopen",
     "requeue_running",
+    "retire",
     "rollback",
     "run_ddl",
     "set_state",
     "status",
     "stop_shards",
+    "table_sizes",
     "target_for",
+    "verify_legacy",
+    "verify_resumable",
 ]

@@ -34,13 +34,25 @@ class Fenced(Exception):
     write nothing more."""
 
 
+class AlreadyApplied(Exception):
+    """This batch's checkpoint is already committed: a retried transaction whose first commit succeeded but
+    whose acknowledgement was lost. The retry writes nothing and counts nothing (``result`` is what it would
+    have written)."""
+
+    def __init__(self, result: BatchResult) -> None:
+        super().__init__("batch already applied")
+        self.result = result
+
+
 @dataclass
 class Batch:
-    """Rows read for embedding: keys as text, their content, and the last key (the checkpoint after it)."""
+    """Rows read for embedding: keys as text, their content, the last key (the checkpoint after it) and the
+    checkpoint it was read after (what the shard's ``last_key`` must still be when it is written)."""
 
     ids: list[str]
     texts: list[str | None]
     last_key: str
+    prev_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,17 +100,27 @@ def apply_batch(
                 [(m.id, b.ids[i], errors[i], content_md5(b.texts[i]) if b.texts[i] is not None else None) for i in bad],
             )
     shard_id = None
+    seconds = embed_seconds + (time.monotonic() - t0)
     if shard is not None:
         shard_id, attempt = shard
+        # Compare-and-set on the checkpoint: the batch commits only where the shard still stands where it was
+        # read, under this attempt. A retry of a batch whose commit went through (its acknowledgement lost)
+        # finds the checkpoint already past it and changes nothing, so rows_done never counts a batch twice.
         cur = conn.execute(
             "UPDATE swarm.shards SET last_key = %s, rows_done = rows_done + %s, "
             "rows_failed = rows_failed + %s, updated_at = now() "
-            "WHERE migration_id = %s AND shard_id = %s AND attempt = %s AND state = 'running'",
-            [b.last_key, len(ok), len(bad), m.id, shard_id, attempt],
+            "WHERE migration_id = %s AND shard_id = %s AND attempt = %s AND state = 'running' "
+            "AND last_key IS NOT DISTINCT FROM %s",
+            [b.last_key, len(ok), len(bad), m.id, shard_id, attempt, b.prev_key],
         )
         if cur.rowcount != 1:
+            now = conn.execute(
+                "SELECT attempt, state, last_key FROM swarm.shards WHERE migration_id = %s AND shard_id = %s",
+                [m.id, shard_id],
+            ).fetchone()
+            if now is not None and now[0] == attempt and now[1] in ("running", "done") and now[2] == b.last_key:
+                raise AlreadyApplied(BatchResult(len(ok), len(bad), 0, embed_seconds, seconds, truncated))
             raise Fenced()
-    seconds = embed_seconds + (time.monotonic() - t0)
     conn.execute(
         "INSERT INTO swarm.batches (migration_id, shard_id, worker, rows, truncated, embed_seconds, seconds) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -118,6 +140,16 @@ def drain_changes(
 
     def go(conn: psycopg.Connection) -> tuple[int, BatchResult | None]:
         with conn.transaction():
+            # Fenced like a shard: the migration row is read FOR SHARE, so a rollback (which first sets the phase
+            # to rolling_back, an UPDATE of that row) waits for this drain to commit, and every later drain sees
+            # the fence and writes nothing.
+            live = conn.execute(
+                "SELECT 1 FROM swarm.migrations WHERE id = %s AND state IN ('running', 'validating', 'completed') "
+                "AND phase IS DISTINCT FROM 'rolling_back' FOR SHARE",
+                [m.id],
+            ).fetchone()
+            if live is None:
+                return 0, None
             claimed = conn.execute(
                 "SELECT seq, row_id FROM swarm.changes WHERE migration_id = %s ORDER BY seq "
                 "LIMIT %s FOR UPDATE SKIP LOCKED",

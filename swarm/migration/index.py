@@ -54,6 +54,11 @@ def build_index(
     create = m.target.create_index(m.id, method, opclass, lists, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction)
 
     def go(conn: psycopg.Connection) -> None:
+        # Checked before every attempt (a cancelled build raises QueryCanceled, which Database.run retries): once
+        # a rollback has begun, the build stops for good.
+        state = conn.execute("SELECT state, phase FROM swarm.migrations WHERE id = %s", [m.id]).fetchone()
+        if state is None or state[0] in ("rolled_back", "failed") or state[1] == "rolling_back":
+            raise IndexBuildCancelled(f"migration {m.id} is being rolled back; the index build stops")
         # A failed CONCURRENTLY build leaves an INVALID index behind: drop it before trying again.
         valid = conn.execute(
             "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid WHERE c.relname = %s",
@@ -71,7 +76,12 @@ def build_index(
                 conn.execute("RESET maintenance_work_mem")
 
     log.info("index.build", method=method, lists=lists, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction)
-    db.run(go, what="create_index")
+    # Its own session, named after the migration, so a rollback can find the build and cancel it.
+    builder = Database(db.dsn, application_name=index_session(m.id), retry_s=db.retry_s)
+    try:
+        builder.run(go, what="create_index")
+    finally:
+        builder.close()
     name = m.target.index_name(m.id)
     db.run(
         lambda c: c.execute("UPDATE swarm.migrations SET index_name = %s WHERE id = %s", [name, m.id]),
@@ -80,10 +90,46 @@ def build_index(
     return name
 
 
-def index_progress(conn: psycopg.Connection) -> dict[str, Any] | None:
+class IndexBuildCancelled(Exception):
+    """The migration is being rolled back: its index build stopped."""
+
+
+def index_session(mid: int) -> str:
+    return f"swarm:index:{mid}"
+
+
+def cancel_build(conn: psycopg.Connection, mid: int, timeout: float = 30.0) -> int:
+    """Cancel migration ``mid``'s index build (``pg_cancel_backend`` of its session) and wait until it has
+    stopped; returns how many sessions were cancelled. The INVALID index it leaves goes with the column, or is
+    dropped by the rollback when the column stays."""
+    import time
+
+    cancelled = conn.execute(
+        "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = %s AND datname = current_database() AND state = 'active'",
+        [index_session(mid)],
+    ).fetchone()[0]
+    deadline = time.monotonic() + timeout
+    while cancelled and time.monotonic() < deadline:
+        busy = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active' "
+            "AND datname = current_database()",
+            [index_session(mid)],
+        ).fetchone()[0]
+        if not busy:
+            break
+        time.sleep(0.1)
+    return int(cancelled)
+
+
+def index_progress(conn: psycopg.Connection, mid: int | None = None) -> dict[str, Any] | None:
+    """The running index build of migration ``mid`` (any swarm build when None), from
+    ``pg_stat_progress_create_index``."""
     r = conn.execute(
-        "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total FROM pg_stat_progress_create_index "
-        "WHERE command = 'CREATE INDEX CONCURRENTLY' LIMIT 1"
+        "SELECT p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total "
+        "FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid "
+        "WHERE p.command = 'CREATE INDEX CONCURRENTLY' AND a.application_name LIKE %s LIMIT 1",
+        [index_session(mid) if mid is not None else "swarm:index:%"],
     ).fetchone()
     if r is None:
         return None

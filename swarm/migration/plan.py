@@ -16,7 +16,7 @@ from psycopg import sql
 
 from swarm.core.errors import ConfigError, DimensionMismatch, MigrationError
 from swarm.core.log import get_logger
-from swarm.migration.record import Migration, event, load, set_state
+from swarm.migration.record import TERMINAL, Migration, event, load, set_state
 from swarm.migration.shards import make_shards
 from swarm.store.db import Database, ServerInfo
 from swarm.store.sql import Target, regclass_text, split_table
@@ -146,8 +146,53 @@ def run_ddl(db: Database, statements: Iterable[sql.Composable], *, lock_timeout_
 # Plan
 # --------------------------------------------------------------------------------------------------------------
 def legacy_checksum(conn: psycopg.Connection, target: Target) -> str:
-    n, digest = conn.execute(target.legacy_checksum()).fetchone()
+    """``rows:sum``, an order-independent digest of (key, legacy vector) that streams at any table size."""
+    n, digest = conn.execute(target.legacy_checksum(legacy_type(conn, target))).fetchone()
     return f"{n}:{digest}"
+
+
+def legacy_type(conn: psycopg.Connection, target: Target) -> str:
+    """``vector`` or ``halfvec``: the legacy column's type, read from the catalog."""
+    schema, table = split_table(target.table)
+    row = conn.execute(
+        "SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
+        [regclass_text(schema, table), target.legacy_column],
+    ).fetchone()
+    return str(row[0]) if row else "vector"
+
+
+def table_oid(conn: psycopg.Connection, table: str) -> int | None:
+    row = conn.execute("SELECT to_regclass(%s)::oid::bigint", [regclass_text(*split_table(table))]).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def swarm_triggers(conn: psycopg.Connection, target: Target) -> dict[str, tuple[str, int]]:
+    """The swarm triggers on the table: {trigger name: (kind ``sync``/``guard``, the migration id in its name)}."""
+    found = {}
+    for (name,) in conn.execute(Target.swarm_triggers(), [regclass_text(*split_table(target.table))]).fetchall():
+        kind, _, mid = name.removeprefix("swarm_").partition("_")
+        if mid.isdigit():
+            found[name] = (kind, int(mid))
+    return found
+
+
+def leftovers(conn: psycopg.Connection, target: Target) -> tuple[list[int], list[int]]:
+    """What earlier migrations left on the table: (ids of sync triggers whose migration is over or unknown,
+    ids of guards that keep *this* new column). A sync trigger of a migration still under way refuses the plan."""
+    stale_sync, guards = [], []
+    for _name, (kind, mid) in swarm_triggers(conn, target).items():
+        row = conn.execute("SELECT state, new_column FROM swarm.migrations WHERE id = %s", [mid]).fetchone()
+        if kind == "sync":
+            if row is not None and row[0] not in TERMINAL:
+                raise MigrationError(
+                    f"migration {mid} of {target.table} is still {row[0]}; resume it with `orchestrate` or end it "
+                    "with `rollback` before planning another"
+                )
+            stale_sync.append(mid)
+        elif row is None or row[1] == target.new_column:
+            guards.append(mid)
+    return stale_sync, guards
 
 
 def plan(
@@ -162,7 +207,8 @@ def plan(
     table: TableInfo,
     rehearse: bool = False,
 ) -> Migration:
-    """Expand: add the new column and the sync trigger, record the migration, split the table into shards."""
+    """Expand: add the new column and the sync trigger (removing what ended migrations left behind), record the
+    migration, take the legacy baseline, split the table into shards."""
     conn = db.conn
     column_type, indexable = server.column_type(dimension)
     if not indexable:
@@ -180,13 +226,24 @@ def plan(
             dimension,
             where="the existing column",
         )
+    stale_sync, guards = leftovers(conn, target)
+    if not rehearse and table.new_type is not None and not guards:
+        held = conn.execute(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {new} IS NOT NULL)").format(t=target.t, new=target.new)
+        ).fetchone()[0]
+        if held:
+            raise MigrationError(
+                f"{target.table}.{target.new_column} already holds vectors that no swarm guard kept current (they may "
+                "not match their rows' content); drop that column or set database.new_column to a new name"
+            )
     checksum = legacy_checksum(conn, target)
+    oid = table_oid(conn, target.table)
     with conn.transaction():
         mid = conn.execute(
             "INSERT INTO swarm.migrations (name, state, phase, table_name, id_column, key_type, content_column, "
             "legacy_column, new_column, column_type, dimension, model_id, model_sha256, config, legacy_checksum, "
-            "rehearsal) VALUES (%s, 'planned', 'plan', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "RETURNING id",
+            "rehearsal, table_oid) VALUES (%s, 'planned', 'plan', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s) RETURNING id",
             [
                 name,
                 target.table,
@@ -202,9 +259,12 @@ def plan(
                 json.dumps(cfg.public_dict()),
                 checksum,
                 rehearse,
+                oid,
             ],
         ).fetchone()[0]
     ddl: list[sql.Composable] = []
+    for old in stale_sync:
+        ddl += target.drop_sync(old)
     if rehearse:
         ddl.append(target.drop_column())
     ddl += [
@@ -212,6 +272,8 @@ def plan(
         target.create_sync_function(mid),
         target.create_sync_trigger(mid),
     ]
+    for old in guards:  # replaced by the sync trigger in the same transaction: the column is never unguarded
+        ddl += target.drop_guard(old)
     try:
         attempts = run_ddl(db, ddl, lock_timeout_ms=cfg.swarm.lock_timeout_ms, retries=cfg.swarm.ddl_retries)
     except Exception as e:
@@ -220,9 +282,21 @@ def plan(
         reason = f"{type(e).__name__}: {e}"
         db.run(lambda c: set_state(c, mid, "failed", phase="plan", reason=reason), what="plan_failed")
         raise
+    if stale_sync or guards:
+        log.info("plan.leftovers_removed", migration=mid, sync_triggers=stale_sync, guards=guards)
+    if not rehearse:
+        baseline_s = time.monotonic()
+        for stmt in target.create_baseline(mid, legacy_type(conn, target)):
+            db.run(lambda c, s=stmt: c.execute(s), what="baseline")
+        baseline_s = time.monotonic() - baseline_s
     rows = make_shards(db, mid, target, cfg.swarm.shard_rows)
+    sizes = table_sizes(conn, target)
     with conn.transaction():
-        conn.execute("UPDATE swarm.migrations SET rows_total = %s, updated_at = now() WHERE id = %s", [rows, mid])
+        conn.execute(
+            "UPDATE swarm.migrations SET rows_total = %s, sizes = jsonb_build_object('plan', %s::jsonb), "
+            "updated_at = now() WHERE id = %s",
+            [rows, json.dumps(sizes), mid],
+        )
         event(
             conn,
             mid,
@@ -231,6 +305,40 @@ def plan(
             column_type=column_type,
             dimension=dimension,
             ddl_attempts=attempts,
+            removed_sync_triggers=stale_sync or None,
+            adopted_guards=guards or None,
+            baseline_seconds=None if rehearse else round(baseline_s, 2),
         )
     log.info("migration.planned", migration=mid, rows=rows, column_type=column_type, dimension=dimension)
     return load(conn, mid)
+
+
+def table_sizes(conn: psycopg.Connection, target: Target) -> dict[str, int]:
+    """The table's heap (with TOAST), its indexes, and all of it, in bytes."""
+    row = conn.execute(
+        "SELECT pg_table_size(c), pg_indexes_size(c), pg_total_relation_size(c) FROM to_regclass(%s) AS c",
+        [regclass_text(*split_table(target.table))],
+    ).fetchone()
+    return {"table_bytes": int(row[0] or 0), "index_bytes": int(row[1] or 0), "total_bytes": int(row[2] or 0)}
+
+
+def verify_resumable(conn: psycopg.Connection, m: Migration) -> str | None:
+    """Why migration ``m`` can no longer be resumed on its table, or None. The table must be the one it was
+    planned on (a table dropped and recreated under the same name is another one), and it must still hold the
+    new column and, while the migration follows the table, its sync trigger."""
+    oid = table_oid(conn, m.target.table)
+    if oid is None:
+        return f"the table {m.target.table} no longer exists"
+    if m.table_oid is not None and oid != m.table_oid:
+        return f"the table {m.target.table} was replaced since the plan (oid {m.table_oid} -> {oid})"
+    has_column = conn.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = %s AND attname = %s AND NOT attisdropped",
+        [oid, m.target.new_column],
+    ).fetchone()
+    if m.state != "planned" and not has_column:
+        return f"{m.target.table}.{m.target.new_column} no longer exists"
+    if m.state not in TERMINAL or m.state == "completed":
+        triggers = swarm_triggers(conn, m.target)
+        if m.state != "planned" and f"swarm_sync_{m.id}" not in triggers:
+            return f"the sync trigger swarm_sync_{m.id} is gone from {m.target.table}"
+    return None

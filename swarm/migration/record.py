@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from swarm.core.config import Config
 
 TERMINAL = ("completed", "rolled_back", "failed")
+#: A transient fault stopped the work; every vector is kept and the migration resumes from its checkpoints.
+PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Migration:
     rehearsal: bool
     reason: str | None
     config: dict[str, Any]
+    table_oid: int | None = None  # the table it was planned on (None: planned by an older swarm)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -50,8 +53,10 @@ class Migration:
 _COLUMNS = (
     "id, name, state, phase, table_name, id_column, key_type, content_column, legacy_column, new_column, "
     "column_type, dimension, model_id, model_sha256, rows_total, rollout_percent, index_name, legacy_checksum, "
-    "rehearsal, reason, config"
+    "rehearsal, reason, config, (to_jsonb(m) ->> 'table_oid')::bigint"
 )
+# Columns added after the first release are read through to_jsonb(m), which gives NULL where an older
+# bookkeeping schema does not have them yet (commands that only read, like status, never run init_schema).
 
 
 def _from_row(r: tuple[Any, ...]) -> Migration:
@@ -77,6 +82,7 @@ def _from_row(r: tuple[Any, ...]) -> Migration:
         rehearsal,
         reason,
         config,
+        table_oid,
     ) = r
     return Migration(
         id=mid,
@@ -95,11 +101,12 @@ def _from_row(r: tuple[Any, ...]) -> Migration:
         rehearsal=rehearsal,
         reason=reason,
         config=config,
+        table_oid=table_oid,
     )
 
 
 def load(conn: psycopg.Connection, migration_id: int) -> Migration:
-    r = conn.execute(f"SELECT {_COLUMNS} FROM swarm.migrations WHERE id = %s", [migration_id]).fetchone()
+    r = conn.execute(f"SELECT {_COLUMNS} FROM swarm.migrations m WHERE id = %s", [migration_id]).fetchone()
     if r is None:
         raise MigrationError(f"migration {migration_id} does not exist")
     return _from_row(r)
@@ -117,7 +124,7 @@ def latest(conn: psycopg.Connection, cfg: Config | None = None, *, rehearse: boo
     if rehearse is not None:
         where.append(sql.SQL("rehearsal = %s"))
         params.append(rehearse)
-    q = sql.SQL("SELECT {cols} FROM swarm.migrations WHERE {w} ORDER BY id DESC LIMIT 1").format(
+    q = sql.SQL("SELECT {cols} FROM swarm.migrations m WHERE {w} ORDER BY id DESC LIMIT 1").format(
         cols=sql.SQL(_COLUMNS), w=sql.SQL(" AND ").join(where)
     )
     r = conn.execute(q, params).fetchone()
@@ -125,14 +132,23 @@ def latest(conn: psycopg.Connection, cfg: Config | None = None, *, rehearse: boo
 
 
 def set_state(
-    conn: psycopg.Connection, mid: int, state: str, *, phase: str | None = None, reason: str | None = None
+    conn: psycopg.Connection,
+    mid: int,
+    state: str,
+    *,
+    phase: str | None = None,
+    reason: str | None = None,
+    clear_reason: bool = False,
 ) -> None:
+    """Record a state (and phase, and why); ``clear_reason`` forgets the last reason (a paused migration that
+    runs again)."""
     conn.execute(
-        "UPDATE swarm.migrations SET state = %s, phase = coalesce(%s, phase), reason = coalesce(%s, reason), "
+        "UPDATE swarm.migrations SET state = %s, phase = coalesce(%s, phase), "
+        "reason = CASE WHEN %s THEN %s ELSE coalesce(%s, reason) END, "
         "started_at = CASE WHEN %s = 'running' THEN coalesce(started_at, now()) ELSE started_at END, "
         "finished_at = CASE WHEN %s IN ('completed', 'rolled_back', 'failed') THEN now() ELSE NULL END, "
         "updated_at = now() WHERE id = %s",
-        [state, phase, reason, state, state, mid],
+        [state, phase, clear_reason, reason, reason, state, state, mid],
     )
     event(conn, mid, "state", state=state, phase=phase, reason=reason)
 

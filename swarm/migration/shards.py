@@ -83,3 +83,13 @@ def stop_shards(conn: psycopg.Connection, mid: int) -> int:
         "WHERE migration_id = %s AND state IN ('running', 'pending')",
         [mid],
     ).rowcount
+
+
+def reopen(conn: psycopg.Connection, mid: int) -> int:
+    """A paused migration resumed by an operator: shards that failed ``max_attempts`` times get their attempts
+    back (their checkpoints are kept). Returns how many."""
+    return conn.execute(
+        "UPDATE swarm.shards SET state = 'pending', failures = 0, updated_at = now() "
+        "WHERE migration_id = %s AND state = 'failed'",
+        [mid],
+    ).rowcount

@@ -40,7 +40,16 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
         [m.id],
     ).fetchone()
     rows_done_final, rows_failed_final, rows_total, elapsed, rollout = final
-    pending = conn.execute("SELECT count(*) FROM swarm.changes WHERE migration_id = %s", [m.id]).fetchone()[0]
+    pending, oldest = queue_lag(conn, m.id)
+    extra = conn.execute(
+        "SELECT to_jsonb(m) -> 'lag', to_jsonb(m) -> 'sizes' FROM swarm.migrations m WHERE id = %s", [m.id]
+    ).fetchone()
+    measured, sizes = (extra[0] or {}), (extra[1] or {})
+    checked = conn.execute(
+        "SELECT kind, detail FROM swarm.events WHERE migration_id = %s "
+        "AND kind IN ('completed', 'rollback', 'retired') AND detail ? 'legacy_intact' ORDER BY id DESC LIMIT 1",
+        [m.id],
+    ).fetchone()
     truncated = conn.execute(
         "SELECT coalesce(sum(truncated), 0) FROM swarm.batches WHERE migration_id = %s", [m.id]
     ).fetchone()[0]
@@ -70,12 +79,27 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
         "rows_failed": int(rows_failed),
         "rows_truncated": int(truncated),
         "pending_changes": int(pending),
+        "follow_lag": {
+            # Read from the queue now, whatever runs or not; the rates are the coordinator's last measure.
+            "queued": int(pending),
+            "oldest_seconds": round(oldest, 1) if oldest is not None else None,
+            "arrival_rows_per_second": measured.get("arrival_rows_per_second"),
+            "embed_rows_per_second": measured.get("embed_rows_per_second"),
+            "falling_behind": bool(measured.get("falling_behind")) and int(pending) > 0,
+            "last_error": measured.get("last_error"),
+        },
+        "sizes": sizes,
+        "legacy_check": (
+            {"at": checked[0], **{k: v for k, v in checked[1].items() if k.startswith(("legacy_", "rows_"))}}
+            if checked
+            else None
+        ),
         "rows_per_second": round(rps, 1) if rps else None,
         "eta_seconds": round(remaining / rps, 1) if rps and m.state == "running" else None,
         "elapsed_seconds": round(float(elapsed), 1) if elapsed is not None else None,
         "rollout_percent": float(rollout),
         "index": m.index_name,
-        "index_progress": index_progress(conn) if m.phase == "index" else None,
+        "index_progress": index_progress(conn, m.id) if m.phase == "index" else None,
         "reason": m.reason,
         "shards": [
             {
@@ -91,6 +115,21 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
             for s in shards
         ],
     }
+
+
+def queue_lag(conn: psycopg.Connection, mid: int) -> tuple[int, float | None]:
+    """(changed rows waiting in the queue, age in seconds of the oldest)."""
+    n, oldest = conn.execute(
+        "SELECT count(*), extract(epoch FROM now() - min(at)) FROM swarm.changes WHERE migration_id = %s", [mid]
+    ).fetchone()
+    return int(n), float(oldest) if oldest is not None else None
+
+
+def record_lag(conn: psycopg.Connection, mid: int, lag: dict[str, Any]) -> None:
+    """The coordinator's last measure of the follow lag (rates in and out), for ``status``."""
+    import json
+
+    conn.execute("UPDATE swarm.migrations SET lag = %s WHERE id = %s", [json.dumps(lag), mid])
 
 
 def dead_letters(conn: psycopg.Connection, mid: int, limit: int = 100) -> list[dict[str, Any]]:

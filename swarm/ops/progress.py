@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psycopg
+
 from swarm import migration as mig
+from swarm.core.errors import DatabaseError
 from swarm.core.log import get_logger
 from swarm.store.db import Database
 
@@ -113,9 +116,19 @@ def watch(
     last_line = 0.0
     display = _Live() if live else None
     try:
+        unreachable_said = False
         while True:
-            mm = db.run(lambda c: mig.load(c, m.id), what="load")
-            st = db.run(lambda c, mm=mm: mig.status(c, mm), what="status")
+            try:
+                mm = db.run(lambda c: mig.load(c, m.id), what="load")
+                st = db.run(lambda c, mm=mm: mig.status(c, mm), what="status")
+            except (psycopg.Error, DatabaseError) as e:
+                # The database is away: the coordinator waits for it and resumes; so does the view.
+                if not unreachable_said and not quiet:
+                    print(f"database unreachable ({type(e).__name__}); waiting for it", flush=True)
+                    unreachable_said = True
+                time.sleep(max(poll, 2.0))
+                continue
+            unreachable_said = False
             if display:
                 display.update(st)
             elif not quiet and time.monotonic() - last_line > 5:
@@ -125,7 +138,7 @@ def watch(
                     flush=True,
                 )
                 last_line = time.monotonic()
-            if st["state"] in mig.TERMINAL:
+            if st["state"] in (*mig.TERMINAL, mig.PAUSED):
                 return st
             time.sleep(poll)
     finally:

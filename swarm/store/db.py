@@ -110,9 +110,10 @@ class Database:
         *,
         application_name: str = "swarm",
         max_attempts: int = 8,
+        retry_s: float | None = None,
         idle_in_transaction_timeout_ms: int | None = None,
     ) -> None:
-        self._dsn = dsn
+        self.dsn = dsn
         self._app = application_name
         # A session stuck inside a transaction (its process wedged) would hold row locks forever: let the server
         # end it. Set per session, so the application's own sessions keep their settings.
@@ -122,6 +123,7 @@ class Database:
             else {}
         )
         self.max_attempts = max_attempts
+        self.retry_s = retry_s  # with it, transient faults are retried for this long instead of max_attempts times
         self._conn: psycopg.Connection | None = None
         self.reconnects = 0
 
@@ -130,7 +132,7 @@ class Database:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self.reconnects += 1
-            self._conn = connect(self._dsn, autocommit=True, application_name=self._app, **self._options)
+            self._conn = connect(self.dsn, autocommit=True, application_name=self._app, **self._options)
             try:
                 register_vector(self._conn)
             except psycopg.ProgrammingError:
@@ -143,27 +145,29 @@ class Database:
             self._conn = None
 
     def run(self, fn: Callable[[psycopg.Connection], T], *, what: str = "query") -> T:
-        """Run ``fn(conn)``, retrying transient errors with exponential backoff and a reconnect."""
+        """Run ``fn(conn)``, retrying transient errors with exponential backoff and a reconnect: ``max_attempts``
+        times, or for ``retry_s`` seconds when that is set. Then the last error is raised."""
         delay = 0.2
-        for attempt in range(1, self.max_attempts + 1):
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn(self.conn)
-            except RETRYABLE as e:
+            except (*RETRYABLE, DatabaseError) as e:
                 if isinstance(e, psycopg.OperationalError) or (self._conn is not None and self._conn.broken):
                     self.close()
-                if attempt == self.max_attempts:
+                if self._exhausted(attempt, started, delay):
                     raise
-                log.warning("db.retry", what=what, attempt=attempt, error=type(e).__name__)
+                event = "db.reconnect_wait" if isinstance(e, DatabaseError) else "db.retry"  # connect() failed
+                log.warning(event, what=what, attempt=attempt, error=type(e).__name__)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            except DatabaseError:
-                # connect() failed: the server may be restarting.
-                if attempt == self.max_attempts:
-                    raise
-                log.warning("db.reconnect_wait", what=what, attempt=attempt)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+
+    def _exhausted(self, attempt: int, started: float, delay: float) -> bool:
+        if self.retry_s is not None:
+            return time.monotonic() - started + delay > self.retry_s
+        return attempt >= self.max_attempts
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:

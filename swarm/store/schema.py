@@ -22,6 +22,11 @@ def init_schema(db: Database) -> ServerInfo:
             conn.execute("ALTER TABLE swarm.migrations ADD COLUMN IF NOT EXISTS rows_failed bigint")
             conn.execute("ALTER TABLE swarm.migrations ADD COLUMN IF NOT EXISTS phase text")
             conn.execute("ALTER TABLE swarm.shards ADD COLUMN IF NOT EXISTS failures int NOT NULL DEFAULT 0")
+            # The table the migration was planned on (a table dropped and recreated under the same name is another
+            # table), the follow lag the coordinator last measured, and the table's sizes at each step.
+            conn.execute("ALTER TABLE swarm.migrations ADD COLUMN IF NOT EXISTS table_oid bigint")
+            conn.execute("ALTER TABLE swarm.migrations ADD COLUMN IF NOT EXISTS lag jsonb")
+            conn.execute("ALTER TABLE swarm.migrations ADD COLUMN IF NOT EXISTS sizes jsonb NOT NULL DEFAULT '{}'")
         return info
 
     return db.run(go, what="init_schema")
