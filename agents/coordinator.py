@@ -53,6 +53,7 @@ class Coordinator:
         self._mid: int | None = None
         self._workers: dict[str, str] = {}
         self._follow: asyncio.Task[None] | None = None
+        self._followed: int | None = None
         self.cache = SharedCache(self.cfg.embedding.cache_size if self.cfg.embedding.shared_cache else 0)
         self.events: list[dict[str, Any]] = []
         if call is None and _reconstructed():
@@ -127,7 +128,7 @@ class Coordinator:
 
     def following(self) -> int | None:
         """The completed migration whose later changes this coordinator keeps embedding, if any."""
-        return self._mid if self._follow is not None and not self._follow.done() else None
+        return self._followed if self._follow is not None and not self._follow.done() else None
 
     async def _stop_following(self) -> None:
         if self._follow is not None and not self._follow.done():
@@ -363,6 +364,7 @@ class Coordinator:
         if not m.rehearsal and self.cfg.swarm.follow_interval_s > 0:
             # Like a vectorizer worker: the sync trigger goes on queueing the application's writes, and the
             # swarm goes on embedding them, until rollback, decommission or shutdown.
+            self._followed = m.id
             self._follow = asyncio.get_running_loop().create_task(self._follow_changes(m))
         return result
 
