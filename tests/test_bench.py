@@ -51,7 +51,9 @@ def test_ratio_percentile_and_recall() -> None:
     assert bench_results.ratio(3.0, 2.0) == 1.5
     assert bench_results.ratio(3.0, 0.0) is None and bench_results.ratio(None, 2.0) is None
     assert bench_results.percentile(list(range(1, 101)), 95) == pytest.approx(95.05)
-    assert bench_results.mean_recall([[1, 2, 3], [4, 5, 9]], [[3, 2, 1], [4, 5, 6]], k=3) == pytest.approx((1 + 2 / 3) / 2)
+    assert bench_results.mean_recall([[1, 2, 3], [4, 5, 9]], [[3, 2, 1], [4, 5, 6]], k=3) == pytest.approx(
+        (1 + 2 / 3) / 2
+    )
     with pytest.raises(ValueError):
         bench_results.mean_recall([[1]], [[1], [2]], k=1)
 

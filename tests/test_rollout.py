@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from swarm import migration as mig
-from swarm.core.errors import EXIT_OK, EXIT_ROLLED_BACK, MigrationError, UsageError
 from swarm.commands import rollout as run_rollout
+from swarm.core.errors import EXIT_OK, EXIT_ROLLED_BACK, MigrationError, UsageError
 from swarm.serving.rollout import HOLD_WINDOWS, set_percent
 from swarm.serving.router import choose_arm
 from tests.test_router import Migrated, migrated, quality_root  # noqa: F401  (fixtures)

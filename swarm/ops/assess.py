@@ -25,9 +25,9 @@ import numpy as np
 from psycopg import sql
 
 from swarm import migration as mig
+from swarm.core.config import threads_per_migrator
 from swarm.core.errors import ConfigError
 from swarm.core.log import get_logger
-from swarm.core.config import threads_per_migrator
 from swarm.quality import Hit, load_queries, sample, summarize
 from swarm.store.db import connect, register_vector
 from swarm.store.embedded import resolve_dsn

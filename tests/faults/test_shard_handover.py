@@ -20,10 +20,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from swarm.migration import backfill as backfill_module
 from agents.migrator import DataMigrator
 from swarm import migration as mig
 from swarm.commands import preflight
+from swarm.migration import backfill as backfill_module
 from swarm.store.db import Database
 from tests.faults.harness import create_docs, tally, wait_for
 
