@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import results
+from bench import results as bench_results
 from bench import search as bench_search
 from bench.results import Result, Target
 from bench.run import run as bench_run
@@ -48,12 +48,14 @@ def test_targets_judge_the_value_or_the_ratio() -> None:
 
 
 def test_ratio_percentile_and_recall() -> None:
-    assert results.ratio(3.0, 2.0) == 1.5
-    assert results.ratio(3.0, 0.0) is None and results.ratio(None, 2.0) is None
-    assert results.percentile(list(range(1, 101)), 95) == pytest.approx(95.05)
-    assert results.mean_recall([[1, 2, 3], [4, 5, 9]], [[3, 2, 1], [4, 5, 6]], k=3) == pytest.approx((1 + 2 / 3) / 2)
+    assert bench_results.ratio(3.0, 2.0) == 1.5
+    assert bench_results.ratio(3.0, 0.0) is None and bench_results.ratio(None, 2.0) is None
+    assert bench_results.percentile(list(range(1, 101)), 95) == pytest.approx(95.05)
+    assert bench_results.mean_recall([[1, 2, 3], [4, 5, 9]], [[3, 2, 1], [4, 5, 6]], k=3) == pytest.approx(
+        (1 + 2 / 3) / 2
+    )
     with pytest.raises(ValueError):
-        results.mean_recall([[1]], [[1], [2]], k=1)
+        bench_results.mean_recall([[1]], [[1], [2]], k=1)
 
 
 def test_a_result_passes_misses_or_errors() -> None:
@@ -63,7 +65,7 @@ def test_a_result_passes_misses_or_errors() -> None:
         "rows/s",
         Target(">=", 0.9, "ratio"),
         baseline=100.0,
-        ratio=results.ratio(95.0, 100.0),
+        ratio=bench_results.ratio(95.0, 100.0),
     )
     slow = Result(
         "pipeline_efficiency",
@@ -71,7 +73,7 @@ def test_a_result_passes_misses_or_errors() -> None:
         "rows/s",
         Target(">=", 0.9, "ratio"),
         baseline=100.0,
-        ratio=results.ratio(80.0, 100.0),
+        ratio=bench_results.ratio(80.0, 100.0),
     )
     broken = Result("cache_hit_rate", None, "", Target(">=", 0.9), error="SwarmError: the migration failed")
     assert (ok.verdict, slow.verdict, broken.verdict) == ("pass", "miss", "error")
@@ -81,11 +83,11 @@ def test_a_result_passes_misses_or_errors() -> None:
 
 
 def test_figure_selection_takes_names_and_aliases_in_bench_order() -> None:
-    assert results.select_figures(None) == list(results.FIGURES)
-    assert results.select_figures(["search_recall_at_10", "embed", "search_p95_ms"]) == ["embed", "search"]
-    assert results.select_figures(["overhead_per_row_us", "cache"]) == ["cache", "overhead"]
+    assert bench_results.select_figures(None) == list(bench_results.FIGURES)
+    assert bench_results.select_figures(["search_recall_at_10", "embed", "search_p95_ms"]) == ["embed", "search"]
+    assert bench_results.select_figures(["overhead_per_row_us", "cache"]) == ["cache", "overhead"]
     with pytest.raises(UsageError, match="no such figure"):
-        results.select_figures(["embedding"])
+        bench_results.select_figures(["embedding"])
 
 
 def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: Path) -> None:
@@ -104,7 +106,7 @@ def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: 
         Result("migrator_rss_mb", 412.0, "MB", Target("<=", 400), baseline=230.0, ratio=412 / 230),
         Result("cache_hit_rate", None, "", Target(">=", 0.9), error="SwarmError: boom"),
     ]
-    md = results.render_markdown(results, MACHINE, quick=False, seconds=600)
+    md = bench_results.render_markdown(results, MACHINE, quick=False, seconds=600)
     assert "2 cores, AMD EPYC 7B13" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and "figure" not in line]
     assert len(rows) == 3
@@ -113,7 +115,7 @@ def test_table_and_files_show_every_figure_its_target_and_the_machine(tmp_path: 
     assert "412.0 MB" in rows[1] and "| 230.0 |" in rows[1] and "**miss**" in rows[1] and "value <= 400" in rows[1]
     assert "**error**" in rows[2] and "boom" in rows[2]
 
-    json_path, md_path = results.write_results(
+    json_path, md_path = bench_results.write_results(
         tmp_path, results, MACHINE, quick=True, seconds=12.0, figures=["embed", "rss", "cache"]
     )
     data = json.loads(json_path.read_text())
@@ -186,9 +188,9 @@ def test_an_only_run_keeps_the_other_figures_of_the_last_run(tmp_path: Path) -> 
         Result("search_p95_ms", 17.4, "ms", Target("<=", 10)),
         Result("search_recall_at_10", 0.95, "", Target(">=", 0.95)),
     ]
-    results.write_results(tmp_path, old, machine, quick=False, seconds=60, figures=["pipeline", "search"])
-    kept = results.previous_results(tmp_path, quick=False, rerun=["search"])
+    bench_results.write_results(tmp_path, old, machine, quick=False, seconds=60, figures=["pipeline", "search"])
+    kept = bench_results.previous_results(tmp_path, quick=False, rerun=["search"])
     assert [r.figure for r in kept] == ["pipeline_efficiency"]
     assert kept[0].passed and kept[0].notes == "(measured 2026-11-26 03:00 UTC) 5000 rows"
-    assert results.previous_results(tmp_path, quick=True, rerun=["search"]) == []  # a quick run never mixes in
-    assert results.previous_results(tmp_path / "none", quick=False, rerun=[]) == []
+    assert bench_results.previous_results(tmp_path, quick=True, rerun=["search"]) == []  # a quick run never mixes in
+    assert bench_results.previous_results(tmp_path / "none", quick=False, rerun=[]) == []

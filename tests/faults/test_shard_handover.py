@@ -20,10 +20,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from agents import migrator as migrator_module
 from agents.migrator import DataMigrator
 from swarm import migration as mig
 from swarm.commands import preflight
+from swarm.migration import backfill as backfill_module
 from swarm.store.db import Database
 from tests.faults.harness import create_docs, tally, wait_for
 
@@ -54,14 +54,14 @@ def test_a_migrator_running_a_shard_twice_commits_once(
         db, cfg, name="handover", model_id="m", model_sha256=info.sha256, dimension=384, server=server, table=table
     )
     w = DataMigrator("data-migrator-0", cfg.to_payload(dsn), n_threads=1)
-    real_write = migrator_module.write_vectors
+    real_write = backfill_module.write_vectors
 
     def slow_write(*args: Any, **kwargs: Any) -> int:
         n = real_write(*args, **kwargs)
         time.sleep(0.5)  # inside the batch's transaction, connection free for other threads
         return n
 
-    monkeypatch.setattr(migrator_module, "write_vectors", slow_write)
+    monkeypatch.setattr(backfill_module, "write_vectors", slow_write)
     results: dict[int, Any] = {}
 
     def run(attempt: int) -> None:
