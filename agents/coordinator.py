@@ -650,7 +650,7 @@ def _record_sizes(conn: psycopg.Connection, mid: int, when: str, sizes: dict[str
     import json
 
     conn.execute(
-        "UPDATE swarm.migrations SET sizes = coalesce(sizes, '{}'::jsonb) || jsonb_build_object(%s, %s::jsonb) "
+        "UPDATE swarm.migrations SET sizes = coalesce(sizes, '{}'::jsonb) || jsonb_build_object(%s::text, %s::jsonb) "
         "WHERE id = %s",
         [when, json.dumps(sizes), mid],
     )

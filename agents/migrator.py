@@ -276,8 +276,9 @@ class DataMigrator:
             embedder.remember(t, vec, long_)
             self.stats.shared_hits += 1
 
-    def _migration(self, mid: int) -> mig.Migration:
-        if mid not in self._migrations:
+    def _migration(self, mid: int, *, fresh: bool = False) -> mig.Migration:
+        """The migration record (cached; ``fresh`` reads it again: a decommission may rename the column)."""
+        if fresh or mid not in self._migrations:
             self._migrations[mid] = self.db.run(lambda c: mig.load(c, mid), what="load")
             m = self._migrations[mid]
             if not m.rehearsal and m.dimension != self.embedder.dim:
@@ -515,7 +516,7 @@ class DataMigrator:
     def drain_changes(self, mid: int, limit: int | None = None, migrators: int | None = None) -> int:
         """Embed rows the application inserted or changed (queued by the sync trigger): one round of
         :func:`swarm.migration.backfill.drain_changes`. Returns the queue entries done."""
-        m = self._migration(mid)
+        m = self._migration(mid, fresh=True)
         with self._drain_lock:
             self._turn(migrators)
             done, r = drain_changes(

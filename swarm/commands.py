@@ -513,11 +513,16 @@ def serve(cfg: Config, *, host: str = "127.0.0.1", port: int = 8765, out: Any = 
     http.serve(cfg, resolve_dsn(cfg), host=host, port=port, out=out)
 
 
-def decommission(cfg: Config, *, archive: str | None = None) -> dict[str, Any]:
-    """After 100% with passing gates: archive the legacy embeddings and drop the legacy column."""
+def decommission(
+    cfg: Config, *, archive: str | None = None, rename: bool = False, stop_following: bool = False
+) -> dict[str, Any]:
+    """After 100% with passing gates: archive the legacy embeddings and drop the legacy column (``rename``: the
+    new column takes its name; ``stop_following``: the sync trigger goes too)."""
     from swarm.ops import decommission as ops_decommission
 
-    return ops_decommission.decommission(cfg, resolve_dsn(cfg), archive=archive)
+    return ops_decommission.decommission(
+        cfg, resolve_dsn(cfg), archive=archive, rename=rename, stop_following=stop_following
+    )
 
 
 def report(cfg: Config) -> dict[str, str]:

@@ -196,7 +196,7 @@ def serve(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def decommission(args: argparse.Namespace, cfg: Config) -> int:
-    d = commands.decommission(cfg, archive=args.archive)
+    d = commands.decommission(cfg, archive=args.archive, rename=args.rename, stop_following=args.stop_following)
     out(
         f"decommissioned migration {d['migration']}: dropped {d['table']}.{d['dropped_column']} "
         f"(indexes: {', '.join(d['dropped_indexes']) or 'none'}); {d['archived_rows']} legacy embeddings in "

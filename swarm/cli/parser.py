@@ -117,6 +117,16 @@ def _serve(p: argparse.ArgumentParser) -> None:
 
 def _decommission(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive", metavar="FILE", help="also write the legacy embeddings to FILE (JSONL, .gz ok)")
+    p.add_argument(
+        "--rename",
+        action="store_true",
+        help="give the new column the legacy column's name (the app's SQL keeps working)",
+    )
+    p.add_argument(
+        "--stop-following",
+        action="store_true",
+        help="remove the sync trigger too: from then on the application writes the new column itself",
+    )
 
 
 #: Every command, in the order ``--help`` lists them.

@@ -28,6 +28,7 @@ def configure(level: str | None = None, *, json: bool | None = None, **context: 
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,  # log.exception(...) carries its traceback, JSON included
         ]
         renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
         log_file = os.environ.get("SWARM_LOG_FILE")

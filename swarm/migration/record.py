@@ -144,7 +144,7 @@ def set_state(
     runs again)."""
     conn.execute(
         "UPDATE swarm.migrations SET state = %s, phase = coalesce(%s, phase), "
-        "reason = CASE WHEN %s THEN %s ELSE coalesce(%s, reason) END, "
+        "reason = CASE WHEN %s::boolean THEN %s::text ELSE coalesce(%s::text, reason) END, "
         "started_at = CASE WHEN %s = 'running' THEN coalesce(started_at, now()) ELSE started_at END, "
         "finished_at = CASE WHEN %s IN ('completed', 'rolled_back', 'failed') THEN now() ELSE NULL END, "
         "updated_at = now() WHERE id = %s",

@@ -25,7 +25,11 @@ def make_shards(db: Database, mid: int, target: Target, shard_rows: int) -> int:
     for b in bounds:
         ranges.append((lo, b, shard_rows))
         lo = b
-    ranges.append((lo, None, total - shard_rows * len(bounds)))
+    # The last shard ends at the greatest key there is now, not at infinity: rows the application inserts after
+    # the plan are queued by the sync trigger (installed before this) and embedded by the drain, so a steady
+    # stream of inserts cannot keep the backfill chasing the end of the table.
+    top = conn.execute(target.max_key()).fetchone()[0]
+    ranges.append((lo, top, total - shard_rows * len(bounds)))
     with conn.transaction():
         conn.execute("DELETE FROM swarm.shards WHERE migration_id = %s", [mid])
         with conn.cursor() as cur:

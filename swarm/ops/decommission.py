@@ -1,18 +1,23 @@
-"""Phase 5: retire the legacy column once the new one serves every query and has passed its gates.
+"""Phase 5: retire the legacy column once the new one serves every query and has passed its gates, while the
+application goes on writing.
 
 ``decommission`` refuses unless the newest migration of the table is completed, at 100% rollout, with a
-passing (complete, not partial) validation on record, no failed rollout step, and the ``USE_NOMIC_EMBEDDINGS``
-flag on.
-Then it
+passing (complete, not partial) validation on record, no failed rollout step, the ``USE_NOMIC_EMBEDDINGS`` flag
+on, and nothing but indexes depending on the legacy column (a view, a function with an SQL body, a policy, a
+default or generated column, a constraint, a trigger: ``pg_depend`` names them). Then it
 
-1. embeds rows whose content changed since the migration finished (queued by the sync trigger), with the new
-   model in this process, so no row is left without a new vector;
-2. archives the legacy embeddings to ``swarm.archive_<mid>_<column>`` (same key and column names) in one
-   snapshot, and, with ``archive=FILE``, to a JSONL file (``.gz`` compresses);
-3. in one DDL transaction under ``lock_timeout`` (:func:`swarm.migration.run_ddl`): drops the sync trigger and
-   its function, brings the archive up to date with legacy writes made since the snapshot, drops the legacy
-   column's indexes and the column;
-4. records it (phase ``decommissioned``, event ``decommission``) and writes the final audit report.
+1. embeds, in this process, the rows that lost their new vector since the migration finished;
+2. archives the legacy embeddings to ``swarm.archive_<mid>_<column>`` **in batches, outside any DDL**: a capture
+   trigger (installed under ``lock_timeout``) keeps the archive equal to the column for every write the
+   application makes meanwhile, and the batches copy the rest by keyset; both tables are then compared in one
+   snapshot (and written to ``--archive FILE`` if asked);
+3. drops, in one short DDL transaction under ``lock_timeout`` (retried), the capture trigger, the legacy
+   column's indexes and the column; with ``rename`` the new column takes the legacy column's name (and its
+   index a matching one), so the application's own ``ORDER BY embedding <=> $1`` searches the new vectors;
+4. keeps following the table: the sync trigger stays, and the coordinator (while the swarm runs; ``orchestrate``
+   catches up otherwise) embeds the rows the application inserts or changes. ``stop_following`` removes the
+   sync trigger and the queue instead: from then on the application writes the new column itself;
+5. records it (phase ``decommissioned``, or ``unfollowed``; event ``decommission``) and writes the report.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import gzip
 import hashlib
 import json
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +37,7 @@ from swarm import migration as mig
 from swarm.core.errors import MigrationError, UsageError
 from swarm.core.log import get_logger
 from swarm.store.db import Database
-from swarm.store.sql import Target, regclass_text
+from swarm.store.sql import Target, regclass_text, split_table
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,7 +52,7 @@ def refusals(conn: psycopg.Connection, cfg: Config, m: mig.Migration) -> list[st
     why: list[str] = []
     if m.rehearsal:
         return [f"migration {m.id} is a rehearsal"]
-    if m.phase == "decommissioned":
+    if m.phase in ("decommissioned", "unfollowed"):
         return [f"migration {m.id} was already decommissioned; the legacy column is gone"]
     if m.state != "completed":
         why.append(f"migration {m.id} is {m.state} ({m.phase}); decommission needs a completed migration")
@@ -150,13 +157,114 @@ def _write_archive_file(db: Database, at: Target, path: Path) -> dict[str, Any]:
     return {"archive_file": str(path), "archive_file_rows": rows, "archive_file_sha256": digest}
 
 
-def decommission(cfg: Config, dsn: str, *, archive: str | None = None, report: bool = True) -> dict[str, Any]:
-    """Archive the legacy embeddings and drop the legacy column; see the module docstring."""
-    db = Database(dsn, application_name="swarm:decommission")
+def dependents(conn: psycopg.Connection, m: mig.Migration) -> list[str]:
+    """What besides its indexes depends on the legacy column (it cannot be dropped without them)."""
+    t = m.target
+    rows = conn.execute(t.dependents(), [regclass_text(*split_table(t.table)), t.legacy_column]).fetchall()
+    return [f"{what} {name}" for what, name in rows]
+
+
+def _column_type(conn: psycopg.Connection, m: mig.Migration) -> str:
+    t = m.target
+    return str(
+        conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attname = %s AND NOT attisdropped",
+            [regclass_text(*split_table(t.table)), t.legacy_column],
+        ).fetchone()[0]
+    )
+
+
+def _archive(db: Database, cfg: Config, m: mig.Migration, at: Target, batch_rows: int) -> dict[str, Any]:
+    """The capture trigger, then the batches, then the comparison in one snapshot. Returns the figures."""
+    t = m.target
+    full_type = db.run(lambda c: _column_type(c, m), what="legacy_type")
+    db.run(lambda c: c.execute(sql.SQL("DROP TABLE IF EXISTS {a}").format(a=at.t)), what="archive_drop")
+    db.run(lambda c: c.execute(t.create_archive(at, full_type)), what="archive_create")
+    mig.run_ddl(
+        db, t.archive_capture(m.id, at), lock_timeout_ms=cfg.swarm.lock_timeout_ms, retries=cfg.swarm.ddl_retries
+    )
+    after: str | None = None
+    copied = batches = 0
+    started = time.monotonic()
+    while True:
+        q, params = t.archive_batch(at, after, batch_rows)
+        last, n = db.run(lambda c, q=q, p=params: c.execute(q, p).fetchone(), what="archive_batch")
+        if not n:
+            break
+        after, copied, batches = last, copied + int(n), batches + 1
+    ltype = full_type.split("(", 1)[0]
+
+    def compare(conn: psycopg.Connection) -> tuple[str, str]:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            source = conn.execute(t.legacy_checksum(ltype)).fetchone()
+            kept = conn.execute(at.legacy_checksum(ltype, sql.SQL("NOT swarm_deleted"))).fetchone()
+            return f"{source[0]}:{source[1]}", f"{kept[0]}:{kept[1]}"
+
+    source, archived = db.run(compare, what="archive_compare")
+    if source != archived:
+        raise MigrationError(
+            f"the archive ({archived}) differs from the legacy column ({source}); nothing was dropped; run "
+            "decommission again"
+        )
+    return {
+        "legacy_checksum": source,
+        "archive_batches": batches,
+        "archive_copy_seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def _ddl(m: mig.Migration, indexes: list[str], *, rename: bool, stop_following: bool) -> list[sql.Composable]:
+    t = m.target
+    schema = split_table(t.table)[0]
+
+    def ident(name: str) -> sql.Identifier:
+        return sql.Identifier(schema, name) if schema else sql.Identifier(name)
+
+    ddl: list[sql.Composable] = [*t.drop_archive_capture(m.id)]
+    ddl += [sql.SQL("DROP INDEX IF EXISTS {}").format(ident(ix)) for ix in indexes]
+    ddl.append(t.drop_column(t.legacy_column))
+    if stop_following:
+        ddl += t.drop_sync(m.id)
+    if rename:
+        renamed = replace(t, new_column=t.legacy_column)
+        ddl.append(sql.SQL("ALTER TABLE {t} RENAME COLUMN {new} TO {legacy}").format(t=t.t, new=t.new, legacy=t.legacy))
+        if m.index_name:
+            ddl.append(
+                sql.SQL("ALTER INDEX IF EXISTS {old} RENAME TO {new}").format(
+                    old=ident(m.index_name), new=sql.Identifier(renamed.index_name(m.id))
+                )
+            )
+        if not stop_following:
+            # The sync trigger's body names the column: the same trigger, its body for the column's new name.
+            ddl.append(renamed.create_sync_function(m.id))
+    return ddl
+
+
+def decommission(
+    cfg: Config,
+    dsn: str,
+    *,
+    archive: str | None = None,
+    rename: bool = False,
+    stop_following: bool = False,
+    report: bool = True,
+    batch_rows: int = 5000,
+) -> dict[str, Any]:
+    """Archive the legacy embeddings and drop the legacy column while the application writes; see the module
+    docstring."""
+    db = Database(dsn, application_name="swarm:decommission", retry_s=cfg.swarm.db_retry_s)
     m = db.run(lambda c: mig.latest(c, cfg, rehearse=False), what="latest")
     if m is None:
         raise UsageError(f"no migration of {cfg.database.table}; nothing to decommission")
     why = db.run(lambda c: refusals(c, cfg, m), what="refusals")
+    held = db.run(lambda c: dependents(c, m), what="dependents")
+    if held:
+        why.append(
+            f"{m.target.table}.{m.target.legacy_column} is used by {', '.join(held)}; change or drop "
+            f"{'it' if len(held) == 1 else 'them'} first (dropping the column would drop or break them)"
+        )
     if why:
         raise MigrationError("decommission refused: " + "; ".join(why))
     t, at = m.target, archive_target(m)
@@ -165,58 +273,48 @@ def decommission(cfg: Config, dsn: str, *, archive: str | None = None, report: b
         "table": t.table,
         "dropped_column": t.legacy_column,
         "archive_table": at.table,
+        "renamed": rename,
+        "following": not stop_following,
     }
     result["re_embedded_rows"] = _drain(cfg, db, m)
-
-    def snapshot(conn: psycopg.Connection) -> str:
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {a}").format(a=at.t))
-            conn.execute(
-                sql.SQL("CREATE TABLE {a} AS SELECT {id}, {v} FROM {t}").format(a=at.t, id=t.id, v=t.legacy, t=t.t)
-            )
-            conn.execute(sql.SQL("ALTER TABLE {a} ADD PRIMARY KEY ({id})").format(a=at.t, id=t.id))
-            source = mig.legacy_checksum(conn, t)
-            copied = mig.legacy_checksum(conn, at)
-            if source != copied:
-                raise MigrationError(f"archive checksum {copied} differs from the column's {source}; nothing dropped")
-            return source
-
-    result["legacy_checksum"] = db.run(snapshot, what="archive")
+    result.update(db.run(lambda c: {"legacy": mig.verify_legacy(c, m)}, what="verify_legacy"))
+    result.update(_archive(db, cfg, m, at, batch_rows))
     indexes = db.run(lambda c: legacy_indexes(c, m), what="indexes")
-    schema = t.table.split(".", 1)[0] if "." in t.table else None
-    catch_up = sql.SQL(
-        "INSERT INTO {a} ({id}, {v}) SELECT {id}, {v} FROM {t} "
-        "ON CONFLICT ({id}) DO UPDATE SET {v} = EXCLUDED.{v} WHERE {a}.{v} IS DISTINCT FROM EXCLUDED.{v}"
-    ).format(a=at.t, id=t.id, v=t.legacy, t=t.t)
-    ddl: list[sql.Composable] = [*t.drop_sync(m.id), catch_up]
-    ddl += [
-        sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(schema, ix) if schema else sql.Identifier(ix))
-        for ix in indexes
-    ]
-    ddl.append(t.drop_column(t.legacy_column))
+    ddl_t0 = time.monotonic()
     result["ddl_attempts"] = mig.run_ddl(
-        db, ddl, lock_timeout_ms=cfg.swarm.lock_timeout_ms, retries=cfg.swarm.ddl_retries
+        db,
+        _ddl(m, indexes, rename=rename, stop_following=stop_following),
+        lock_timeout_ms=cfg.swarm.lock_timeout_ms,
+        retries=3 * cfg.swarm.ddl_retries + 10,
     )
+    result["ddl_seconds"] = round(time.monotonic() - ddl_t0, 3)
     result["dropped_indexes"] = indexes
-    # Rows changed after the drain were queued by the trigger until it went: embed them too.
-    result["re_embedded_rows"] += _drain(cfg, db, m)
-    n, _ = db.run(lambda c: c.execute(sql.SQL("SELECT count(*), 1 FROM {a}").format(a=at.t)).fetchone(), what="n")
+    db.run(lambda c: c.execute(sql.SQL("DELETE FROM {a} WHERE swarm_deleted").format(a=at.t)), what="tombstones")
+    db.run(lambda c: c.execute(sql.SQL("ALTER TABLE {a} DROP COLUMN swarm_deleted").format(a=at.t)), what="archive")
+    n = db.run(lambda c: c.execute(sql.SQL("SELECT count(*) FROM {a}").format(a=at.t)).fetchone()[0], what="n")
     result["archived_rows"] = int(n)
-    result["archive_checksum"] = db.run(lambda c: mig.legacy_checksum(c, at), what="archive_checksum")
     if archive:
         result.update(_write_archive_file(db, at, cfg.path(archive)))
+    now_t = replace(t, new_column=t.legacy_column) if rename else t
     result["rows_without_new_vector"] = int(
-        db.run(lambda c: c.execute(t.count_missing(), [m.id]).fetchone()[0], what="missing")
+        db.run(lambda c: c.execute(now_t.count_missing(), [m.id]).fetchone()[0], what="missing")
     )
 
     def record(conn: psycopg.Connection) -> None:
         with conn.transaction():
             conn.execute(
-                "UPDATE swarm.migrations SET phase = 'decommissioned', updated_at = now() WHERE id = %s",
-                [m.id],
+                "UPDATE swarm.migrations SET phase = %s, new_column = %s, index_name = %s, updated_at = now() "
+                "WHERE id = %s",
+                [
+                    "unfollowed" if stop_following else "decommissioned",
+                    now_t.new_column,
+                    now_t.index_name(m.id) if rename and m.index_name else m.index_name,
+                    m.id,
+                ],
             )
-            conn.execute("DELETE FROM swarm.changes WHERE migration_id = %s", [m.id])
+            if stop_following:
+                conn.execute("DELETE FROM swarm.changes WHERE migration_id = %s", [m.id])
+            conn.execute(t.drop_baseline(m.id))
             mig.event(conn, m.id, "decommission", **result)
 
     db.run(record, what="record")

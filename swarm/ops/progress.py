@@ -39,6 +39,37 @@ def render_status(st: dict[str, Any]) -> str:
     ]
     if st.get("reason"):
         lines.append(f"  reason    {st['reason']}")
+    lag = st.get("follow_lag") or {}
+    if lag:
+        rates = ""
+        if lag.get("arrival_rows_per_second") is not None:
+            rates = f", {lag['arrival_rows_per_second']} rows/s arriving, {lag['embed_rows_per_second']} embedded"
+        behind = (
+            "  FALLING BEHIND: add migrators or raise swarm.max_rows_per_second" if lag.get("falling_behind") else ""
+        )
+        lines.append(
+            f"  lag       {lag['queued']} changed rows queued, oldest {_fmt_secs(lag.get('oldest_seconds'))}{rates}"
+            f"{behind}"
+        )
+        if lag.get("last_error"):
+            lines.append(f"  follow    last error: {lag['last_error']}")
+    check = st.get("legacy_check")
+    if check:
+        verdict = {True: "untouched", False: "CHANGED", None: "not proved"}[check.get("legacy_intact")]
+        lines.append(
+            f"  legacy    {verdict} ({check.get('legacy_rows_unchanged', '-')} rows as planned, "
+            f"{check.get('rows_changed_by_application', '-')} changed by the application, "
+            f"{check.get('rows_inserted', '-')} inserted, {check.get('rows_deleted', '-')} deleted)"
+        )
+    sizes = st.get("sizes") or {}
+    if sizes:
+        mb = lambda b: f"{(b or 0) / 2**20:,.0f} MB"  # noqa: E731
+        lines.append(
+            "  size      "
+            + "; ".join(
+                f"{when} {mb(s.get('table_bytes'))} + {mb(s.get('index_bytes'))} indexes" for when, s in sizes.items()
+            )
+        )
     by_state: dict[str, int] = {}
     for s in st["shards"]:
         by_state[s["state"]] = by_state.get(s["state"], 0) + 1

@@ -350,9 +350,92 @@ END
     def drop_baseline(self, migration_id: int) -> sql.Composed:
         return sql.SQL("DROP TABLE IF EXISTS {b}").format(b=self.baseline_table(migration_id))
 
+    # -- decommission: the legacy column archived while the application writes ---------------------------
+    def archive_capture(self, migration_id: int, archive: Target) -> list[sql.Composed]:
+        """A trigger that keeps the archive equal to the legacy column while it is copied in batches: every
+        write of the legacy column (and every delete, as a tombstone) reaches the archive in the application's
+        own transaction. Dropped by the DDL that drops the column."""
+        fn = sql.Identifier(SCHEMA, f"archive_{migration_id}")
+        body = sql.SQL(
+            """
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO {a} ({id}, {legacy}, swarm_deleted) VALUES (OLD.{id}, NULL, true)
+        ON CONFLICT ({id}) DO UPDATE SET {legacy} = NULL, swarm_deleted = true;
+        RETURN OLD;
+    END IF;
+    INSERT INTO {a} ({id}, {legacy}) VALUES (NEW.{id}, NEW.{legacy})
+    ON CONFLICT ({id}) DO UPDATE SET {legacy} = EXCLUDED.{legacy}, swarm_deleted = false;
+    RETURN NEW;
+END
+"""
+        ).format(a=archive.t, id=self.id, legacy=self.legacy)
+        return [
+            sql.SQL("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
+                fn=fn, body=sql.Literal(body.as_string(None))
+            ),
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {trg} AFTER INSERT OR UPDATE OF {legacy} OR DELETE ON {t} "
+                "FOR EACH ROW EXECUTE FUNCTION {fn}()"
+            ).format(trg=sql.Identifier(f"swarm_archive_{migration_id}"), legacy=self.legacy, t=self.t, fn=fn),
+        ]
+
+    def drop_archive_capture(self, migration_id: int) -> list[sql.Composed]:
+        return [
+            sql.SQL("DROP TRIGGER IF EXISTS {trg} ON {t}").format(
+                trg=sql.Identifier(f"swarm_archive_{migration_id}"), t=self.t
+            ),
+            sql.SQL("DROP FUNCTION IF EXISTS {fn}()").format(fn=sql.Identifier(SCHEMA, f"archive_{migration_id}")),
+        ]
+
+    def create_archive(self, archive: Target, legacy_type: str) -> sql.Composed:
+        """``legacy_type`` is the column's full type from the catalog (``format_type``, e.g. ``vector(384)``)."""
+        return sql.SQL(
+            "CREATE TABLE {a} ({id} {ktype} PRIMARY KEY, {legacy} {ltype}, "
+            "swarm_deleted boolean NOT NULL DEFAULT false)"
+        ).format(a=archive.t, id=self.id, ktype=self.ktype, legacy=self.legacy, ltype=sql.SQL(legacy_type))
+
+    def archive_batch(self, archive: Target, after: str | None, limit: int) -> tuple[sql.Composed, list[object]]:
+        """Copy the next ``limit`` rows' legacy vectors after key ``after``; rows the capture trigger already
+        wrote (newer values, tombstones) are kept. Returns (query, params); the query yields (last key, rows)."""
+        where, params = self.range_clause(after, None)
+        q = sql.SQL(
+            "WITH b AS (SELECT {id} AS k, {legacy} AS v FROM {t} WHERE {w} ORDER BY {id} LIMIT %s), "
+            "ins AS (INSERT INTO {a} ({id}, {legacy}) SELECT k, v FROM b ON CONFLICT ({id}) DO NOTHING) "
+            "SELECT (SELECT k FROM b ORDER BY k DESC LIMIT 1)::text, (SELECT count(*) FROM b)"
+        ).format(id=self.id, legacy=self.legacy, t=self.t, w=where, a=archive.t)
+        return q, [*params, int(limit)]
+
+    def dependents(self) -> sql.SQL:
+        """What depends on a column besides its indexes (params: regclass text, column name): views, functions
+        with SQL bodies, policies, defaults and generated columns, constraints, triggers, statistics. One row
+        each: (what, name)."""
+        return sql.SQL(
+            "SELECT DISTINCT CASE d.classid "
+            "WHEN 'pg_rewrite'::regclass THEN 'view' WHEN 'pg_proc'::regclass THEN 'function' "
+            "WHEN 'pg_policy'::regclass THEN 'policy' WHEN 'pg_attrdef'::regclass THEN 'default or generated column' "
+            "WHEN 'pg_constraint'::regclass THEN 'constraint' WHEN 'pg_trigger'::regclass THEN 'trigger' "
+            "ELSE d.classid::regclass::text END, "
+            "CASE d.classid "
+            "WHEN 'pg_rewrite'::regclass THEN (SELECT ev_class::regclass::text FROM pg_rewrite WHERE oid = d.objid) "
+            "WHEN 'pg_proc'::regclass THEN d.objid::regprocedure::text "
+            "WHEN 'pg_policy'::regclass THEN (SELECT polname::text FROM pg_policy WHERE oid = d.objid) "
+            "WHEN 'pg_attrdef'::regclass THEN (SELECT a.attname::text FROM pg_attrdef ad JOIN pg_attribute a "
+            "  ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum WHERE ad.oid = d.objid) "
+            "WHEN 'pg_constraint'::regclass THEN (SELECT conname::text FROM pg_constraint WHERE oid = d.objid) "
+            "WHEN 'pg_trigger'::regclass THEN (SELECT tgname::text FROM pg_trigger WHERE oid = d.objid) "
+            "ELSE d.objid::text END "
+            "FROM pg_depend d JOIN pg_attribute att ON att.attrelid = d.refobjid AND att.attnum = d.refobjsubid "
+            "WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%s) AND att.attname = %s "
+            "AND d.classid <> 'pg_class'::regclass AND d.deptype = 'n' ORDER BY 1, 2"
+        )
+
     # -- planning ------------------------------------------------------------------------------------------
     def count_rows(self) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {t}").format(t=self.t)
+
+    def max_key(self) -> sql.Composed:
+        return sql.SQL("SELECT max({id})::text FROM {t}").format(id=self.id, t=self.t)
 
     def shard_bounds(self) -> sql.Composed:
         """Every ``%(step)s``-th key in key order: the upper bounds of shards of equal row counts."""
@@ -461,15 +544,18 @@ END
     def count_with_vector(self) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {t} WHERE {new} IS NOT NULL").format(t=self.t, new=self.new)
 
-    def legacy_checksum(self, legacy_type: str = "vector") -> sql.Composed:
+    def legacy_checksum(self, legacy_type: str = "vector", where: sql.Composable | None = None) -> sql.Composed:
         """An order-independent digest of (key, legacy vector) over the whole table: (rows, sum of 64-bit row
         hashes). It streams (constant memory at any size) and equals that of an exact copy, whatever the order."""
         row_h = sql.SQL(
             "('x' || left(md5({id}::text || ':' || coalesce(encode({send}({legacy}), 'base64'), 'NULL')), 16))"
         )
-        return sql.SQL("SELECT count(*), coalesce(sum({h}::bit(64)::bigint::numeric), 0)::text FROM {t}").format(
+        return sql.SQL(
+            "SELECT count(*), coalesce(sum({h}::bit(64)::bigint::numeric), 0)::text FROM {t} WHERE {w}"
+        ).format(
             h=row_h.format(id=self.id, send=sql.Identifier(f"{legacy_type}_send"), legacy=self.legacy),
             t=self.t,
+            w=where if where is not None else sql.SQL("true"),
         )
 
     # -- index ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,7 @@ class AppWriter:
     seconds: float = 600.0
     seed: int = 0
     next_id: int = 100_000  # first key for inserts
+    linger: float = 0.0  # go on writing this long after ``stop`` is set (the application outlives the migration)
     writes: Writes = field(default_factory=Writes)
 
     def run(self, stop: threading.Event | None = None) -> Writes:
@@ -62,8 +64,17 @@ class AppWriter:
         done = UNTIL[self.until]
         t = sql.Identifier(*self.table.split(".", 1))
         next_id, n, started = self.next_id, 0, time.monotonic()
+        stopped_at: float | None = None
+
+        def stopping() -> bool:
+            nonlocal stopped_at
+            if stop is None or not stop.is_set():
+                return False
+            stopped_at = stopped_at or time.monotonic()
+            return time.monotonic() - stopped_at >= self.linger
+
         with psycopg.connect(self.dsn, autocommit=True, application_name="app-writer") as c:
-            while time.monotonic() - started < self.seconds and not (stop is not None and stop.is_set()):
+            while time.monotonic() - started < self.seconds and not stopping():
                 if c.execute("SELECT to_regclass('swarm.migrations')").fetchone()[0]:
                     r = c.execute(
                         "SELECT state, phase FROM swarm.migrations WHERE table_name = %s ORDER BY id DESC LIMIT 1",
@@ -89,9 +100,8 @@ class AppWriter:
                     self.writes.changes[str(k)] = None
                 self.writes.counts[op] += 1
                 # Steady rate: the n-th operation is due at n / rate seconds.
-                ahead = n / self.rate - (time.monotonic() - started)
-                if ahead > 0:
-                    (stop.wait if stop is not None else time.sleep)(ahead)
+                while (ahead := n / self.rate - (time.monotonic() - started)) > 0 and not stopping():
+                    time.sleep(min(ahead, 0.2))
         self.writes.seconds = time.monotonic() - started
         return self.writes
 
@@ -109,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     first, last = (int(x) for x in a.ids.split("-"))
-    w = AppWriter(a.dsn, a.table, (first, last), a.rate, a.until, a.seconds, a.seed, a.next_id).run()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a test ends the application: it says what it did
+    w = AppWriter(a.dsn, a.table, (first, last), a.rate, a.until, a.seconds, a.seed, a.next_id).run(stop)
     with open(a.out, "w") as f:
         json.dump(asdict(w), f)
     return 0
