@@ -25,6 +25,7 @@ import numpy as np
 from psycopg import sql
 
 from swarm import migration as mig
+from swarm.core.config import threads_per_migrator
 from swarm.core.errors import ConfigError
 from swarm.core.log import get_logger
 from swarm.quality import Hit, load_queries, sample, summarize
@@ -35,7 +36,7 @@ from swarm.store.sql import regclass_text
 if TYPE_CHECKING:
     import psycopg
 
-    from swarm.core.config import Config, threads_per_migrator
+    from swarm.core.config import Config
 
 log = get_logger()
 
