@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from agents.cache import Entry, SharedCache
+from agents.rounds import ValidationRounds
 from swarm import migration as mig
 from swarm.core.config import Config
 from swarm.core.log import configure, get_logger
@@ -55,6 +56,7 @@ class Coordinator:
         self._follow: asyncio.Task[None] | None = None
         self.cache = SharedCache(self.cfg.embedding.cache_size if self.cfg.embedding.shared_cache else 0)
         self.events: list[dict[str, Any]] = []
+        self.rounds = ValidationRounds(self)  # validation during and after the backfill (agents/rounds.py)
         if call is None and _reconstructed():
             # Ray brought this actor back after its process died: pick the migration up again by itself,
             # whether or not an `orchestrate` is watching (--detach).
@@ -194,7 +196,9 @@ class Coordinator:
             return {"state": "failed", "reason": reason}
 
     async def after_backfill(self, m: mig.Migration) -> dict[str, Any] | None:
-        """Validate (and with ``rollout.auto`` roll out step by step); a failed gate rolls back.
+        """The final validation round (agents/rounds.py, every validator), then with ``rollout.auto`` the rollout
+        step by step. FAIL rolls back. INCONCLUSIVE fails closed without destroying anything: the migration
+        completes with the reason on record and the rollout held at 0% (decommission refuses).
 
         Returns None to go on and complete, or the result of the rollback.
         """
@@ -203,9 +207,14 @@ class Coordinator:
             log.warning("validation.skipped", migration=m.id, reason="no validators in the swarm")
             return None
         await self._db(lambda c: mig.set_state(c, m.id, "validating", phase="validate"), "state")
-        report = await self._call(validators[0], "validate", m.id)
-        if report.get("failures"):
+        report = await self.rounds.final(m)
+        if report["verdict"] == "FAIL":
             return await self._fail(m, "validation failed: " + "; ".join(report["failures"]))
+        if report["verdict"] != "PASS":
+            reason = "validation INCONCLUSIVE, rollout held at 0%: " + "; ".join(report["failures"])
+            log.warning("validation.inconclusive", migration=m.id, reason=reason)
+            await self._db(lambda c: mig.set_state(c, m.id, "validating", phase="validate", reason=reason), "state")
+            return None
         if self.cfg.rollout.auto:
             await self._db(lambda c: mig.set_state(c, m.id, "validating", phase="rollout"), "state")
             result = await self._call(validators[0], "rollout", m.id)
@@ -257,7 +266,16 @@ class Coordinator:
                 )
                 if not (pending and returning):
                     break  # nothing left, or nobody left to take it
-            done, _ = await asyncio.wait([*shards, *returning], return_when=asyncio.FIRST_COMPLETED)
+            # Validation rounds while the backfill runs (agents/rounds.py): a round with strong evidence against
+            # the new model stops the backfill here, and the migration rolls back.
+            stop = await self.rounds.maybe_round(m)
+            if stop is not None:
+                for f in [*shards, *returning]:
+                    f.cancel()
+                return stop
+            done, _ = await asyncio.wait(
+                [*shards, *returning], timeout=self.rounds.tick, return_when=asyncio.FIRST_COMPLETED
+            )
             for fut in done:
                 if fut in returning:
                     worker = returning.pop(fut)

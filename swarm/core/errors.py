@@ -13,6 +13,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ROLLED_BACK = 3
+#: Completed, but its validation was INCONCLUSIVE: the rollout is held at 0% and decommission refused.
+EXIT_HELD = 4
 
 
 class SwarmError(Exception):
