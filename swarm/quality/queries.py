@@ -77,13 +77,13 @@ def queries_from_table(conn: psycopg.Connection, table: str) -> list[Query]:
     type, uuid included) and (optional) ``slice``."""
     from psycopg import sql
 
-    from swarm.store.sql import table_ident
+    from swarm.store.sql import regclass_text, split_table, table_ident
 
     cols = {
         r[0]
         for r in conn.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-            [table],
+            [regclass_text(*split_table(table))],  # each part quoted: "Acme.EvalQueries" keeps its case
         ).fetchall()
     }
     if "query" not in cols:
