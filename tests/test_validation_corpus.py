@@ -24,29 +24,34 @@ from tests.test_router import write_config
 
 VERBS = "parse merge split encode compress validate render index sort fetch".split()
 NOUNS = "invoice ledger token schema thumbnail playlist sensor voucher manifest glossary".split()
-ADJS = "stale nested remote".split()
+ADJS = "stale nested".split()
+#: How a user asks for each verb: never the word in the code.
+ASKED = dict(
+    zip(VERBS, "read combine divide serialize shrink check draw catalogue order download".split(), strict=True)
+)
 
 
 def _corpus(rng: random.Random) -> tuple[list[tuple[str, str]], list[tuple[str, list[str], str]]]:
-    """300 functions (verb x noun x adjective) with uuid keys; 90 queries: 60 with one answer (all three
-    words), 30 with three (verb and noun: every adjective)."""
+    """200 functions (verb x noun x adjective) with uuid keys and a comment naming other things; 70 queries in
+    the user's words: 50 with one answer (verb, noun, adjective), 20 with two (verb and noun)."""
     docs: list[tuple[str, str]] = []
     by_combo: dict[tuple[str, str, str], str] = {}
     for verb, noun, adj in itertools.product(VERBS, NOUNS, ADJS):
         key = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        noise = " ".join(rng.choice(VERBS + NOUNS) for _ in range(6))
         body = (
             f"def {verb}_{adj}_{noun}s(items):\n"
-            f"    # {verb} every {adj} {noun} in the batch\n"
-            f"    return [{verb}({noun}) for {noun} in items if is_{adj}({noun})]"
+            f"    # see also: {noise}\n"
+            f"    return [{verb}(x) for x in items if x.kind == '{noun}' and x.{adj}]"
         )
         docs.append((key, body))
         by_combo[(verb, noun, adj)] = key
     rng.shuffle(docs)
     queries: list[tuple[str, list[str], str]] = []
-    for verb, noun, adj in rng.sample(sorted(by_combo), 60):
-        queries.append((f"{verb} each {adj} {noun}", [by_combo[(verb, noun, adj)]], "team-a"))
-    for verb, noun in rng.sample(sorted(itertools.product(VERBS, NOUNS)), 30):
-        queries.append((f"how do I {verb} a {noun}", [by_combo[(verb, noun, a)] for a in ADJS], "team-b"))
+    for verb, noun, adj in rng.sample(sorted(by_combo), 50):
+        queries.append((f"{ASKED[verb]} the {adj} {noun} records", [by_combo[(verb, noun, adj)]], "team-a"))
+    for verb, noun in rng.sample(sorted(itertools.product(VERBS, NOUNS)), 20):
+        queries.append((f"how do I {ASKED[verb]} a {noun}", [by_combo[(verb, noun, a)] for a in ADJS], "team-b"))
     return docs, queries
 
 
@@ -112,13 +117,13 @@ def test_validation_figures_match_an_independent_exact_search(dsn: str, tmp_path
             [run.migration.id],
         ).fetchone()[0]
         rows = c.execute('SELECT "DocId"::text, "LegacyVec", "NewVec" FROM "Acme"."CodeDocs"').fetchall()
-    assert final["stage"] == "final" and final["judged"] == final["queries"] == 90
+    assert final["stage"] == "final" and final["judged"] == final["queries"] == 70
     assert final["validators"] == ["validator-0", "validator-1"]
     keys = [r[0] for r in rows]
     texts = [q for q, _, _ in queries]
     figures = {}
     for arm, col in (("legacy", 1), ("new", 2)):
-        mat = np.stack([np.asarray(r[col], dtype=np.float64) for r in rows])
+        mat = np.stack([np.asarray(r[col].to_numpy(), dtype=np.float64) for r in rows])
         mat /= np.linalg.norm(mat, axis=1, keepdims=True)
         with embedder_for(cfg, arm, cache_size=0) as e:
             qvs = e.embed(texts, query=True).astype(np.float64)
@@ -131,6 +136,6 @@ def test_validation_figures_match_an_independent_exact_search(dsn: str, tmp_path
         for metric in ("mrr_at_10", "recall_at_k"):
             assert abs(final[arm][metric] - figures[arm][metric]) <= 0.01, (arm, metric, final[arm], figures[arm])
     # The set is not trivial for the model, and the slices were read from the table.
-    assert 0.2 < figures["legacy"]["mrr_at_10"] < 0.99
-    assert {name: s["queries"] for name, s in final["slices"].items()} == {"team-a": 60, "team-b": 30}
+    assert 0.2 < figures["legacy"]["mrr_at_10"] < 0.95 and figures["legacy"]["recall_at_k"] < 0.99
+    assert {name: s["queries"] for name, s in final["slices"].items()} == {"team-a": 50, "team-b": 20}
     assert final["verdict"] == "PASS"
