@@ -178,6 +178,7 @@ def test_a_regression_in_one_slice_fails_although_the_average_passes() -> None:
     assert r["mrr_drop_ci"][1] < 0.05  # the whole table's average says nothing is wrong ...
     assert r["verdict"] == "FAIL"  # ... one slice says otherwise
     assert r["failures"] == [f for f in r["failures"] if f.startswith("slice 'shell': MRR@10 dropped by 0.400")]
+    assert "(97.5% CI " in r["failures"][0]  # two slices gated: each interval widened for the other
     assert r["slices"]["python"]["verdict"] == "PASS" and r["slices"]["shell"]["verdict"] == "FAIL"
     assert r["slices"]["shell"]["queries"] == 30 and r["slices"]["shell"]["new_mrr_at_10"] == pytest.approx(0.6)
     # A slice with fewer than min_queries judged queries is reported, not gated.

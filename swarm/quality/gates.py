@@ -17,7 +17,8 @@ bootstrap interval (95%, ``validation.bootstrap_resamples``, seeded) of the MRR@
 
 The same for mean overlap@k against ``validation.min_overlap_at_k`` on sets without labels, and for each slice
 of the query set with at least ``validation.min_queries`` judged queries (an average must not hide one slice's
-regression). Fail closed: fewer than ``min_queries`` judged queries, or errors on the legacy arm, make the round
+regression; with S slices gated, each slice's interval is 1 - 5%/S wide, so noise fails a round no more often
+for having slices). Fail closed: fewer than ``min_queries`` judged queries, or errors on the legacy arm, make the round
 INCONCLUSIVE, never a pass. In the final round (``final=True``) the new arm's error rate and p95 search
 latency are gated as well (FAIL); during the backfill the new column has no index yet and shares the machine
 with the migrators, so errors there make a round INCONCLUSIVE and latency is reported, not gated.
@@ -37,7 +38,7 @@ import numpy as np
 
 from swarm.quality.metrics import RANK_K, Hit, mrr_at_k, overlap_at_k, summarize
 from swarm.quality.queries import Query
-from swarm.quality.stats import Interval, bootstrap_mean, ks_statistic, paired_bootstrap, quantiles, seed_for
+from swarm.quality.stats import LEVEL, Interval, bootstrap_mean, ks_statistic, paired_bootstrap, quantiles, seed_for
 from swarm.quality.stats import shared_histogram as histogram
 
 if TYPE_CHECKING:
@@ -124,13 +125,20 @@ def evaluate(
     # -- slices -----------------------------------------------------------------------------------------
     slices: dict[str, dict[str, Any]] = {}
     names = sorted({q.slice for q in queries if q.slice is not None})
+    # Each gated slice is one more chance for noise to look like a regression: their intervals are widened
+    # (Bonferroni) so that, over all slices of a round, a model as good as legacy fails at most 5% of the time.
+    gate_pool = labelled if is_labelled else judged
+    gated = sum(1 for name in names if sum(1 for i in gate_pool if queries[i].slice == name) >= gates.min_queries)
+    slice_level = 1.0 - (1.0 - LEVEL) / max(1, gated)
     for name in names:
         if is_labelled:
             pos = [j for j, i in enumerate(labelled) if queries[i].slice == name]
-            entry: dict[str, Any] = {"queries": len(pos), "measure": "mrr_drop"}
+            entry: dict[str, Any] = {"queries": len(pos), "measure": "mrr_drop", "level": round(slice_level, 4)}
             if len(pos) >= gates.min_queries:
                 sub = _Findings()
-                iv = _mrr_gate(sub, name, pos, mrr["legacy"][pos], mrr["new"][pos], gates, seed, len(pos))
+                iv = _mrr_gate(
+                    sub, name, pos, mrr["legacy"][pos], mrr["new"][pos], gates, seed, len(pos), level=slice_level
+                )
                 entry.update(interval=iv, verdict=sub.verdict.value)
                 found.failures += sub.failures
                 found.inconclusive += sub.inconclusive
@@ -140,10 +148,10 @@ def evaluate(
             entry["new_mrr_at_10"] = _mean(mrr["new"][pos]) if pos else None
         else:
             pos = [j for j, i in enumerate(judged) if queries[i].slice == name]
-            entry = {"queries": len(pos), "measure": "overlap_at_k"}
+            entry = {"queries": len(pos), "measure": "overlap_at_k", "level": round(slice_level, 4)}
             if len(pos) >= gates.min_queries:
                 sub = _Findings()
-                iv = _overlap_gate(sub, name, overlap[pos], gates, seed, len(pos), k)
+                iv = _overlap_gate(sub, name, overlap[pos], gates, seed, len(pos), k, level=slice_level)
                 entry.update(interval=iv, verdict=sub.verdict.value)
                 found.failures += sub.failures
                 found.inconclusive += sub.inconclusive
@@ -224,14 +232,18 @@ def _mrr_gate(
     gates: ValidationConfig,
     seed: Sequence[int],
     asked: int,
+    *,
+    level: float = LEVEL,
 ) -> dict[str, Any] | None:
     label = f"slice {slice_name!r}: " if slice_name else ""
     if _too_few(found, label, len(positions), asked, gates):
         return None
-    iv = paired_bootstrap(legacy, new, seed=[*seed, *seed_for("mrr", slice_name)], resamples=gates.bootstrap_resamples)
+    iv = paired_bootstrap(
+        legacy, new, seed=[*seed, *seed_for("mrr", slice_name)], resamples=gates.bootstrap_resamples, level=level
+    )
     figures = (
-        f"95% CI {iv.lo:.3f} to {iv.hi:.3f}; legacy {float(np.mean(legacy)):.3f}, new {float(np.mean(new)):.3f}, "
-        f"exact search, {iv.n} queries"
+        f"{level * 100:.4g}% CI {iv.lo:.3f} to {iv.hi:.3f}; legacy {float(np.mean(legacy)):.3f}, "
+        f"new {float(np.mean(new)):.3f}, exact search, {iv.n} queries"
     )
     if iv.above(gates.max_mrr_drop):
         found.failures.append(
@@ -253,14 +265,16 @@ def _overlap_gate(
     seed: Sequence[int],
     asked: int,
     k: int,
+    *,
+    level: float = LEVEL,
 ) -> dict[str, Any] | None:
     label = f"slice {slice_name!r}: " if slice_name else ""
     if _too_few(found, label, len(overlap), asked, gates):
         return None
     iv: Interval = bootstrap_mean(
-        overlap, seed=[*seed, *seed_for("overlap", slice_name)], resamples=gates.bootstrap_resamples
+        overlap, seed=[*seed, *seed_for("overlap", slice_name)], resamples=gates.bootstrap_resamples, level=level
     )
-    figures = f"95% CI {iv.lo:.3f} to {iv.hi:.3f}, exact search, {iv.n} queries"
+    figures = f"{level * 100:.4g}% CI {iv.lo:.3f} to {iv.hi:.3f}, exact search, {iv.n} queries"
     limit = gates.min_overlap_at_k
     if iv.hi < limit:
         found.failures.append(
