@@ -374,6 +374,41 @@ def test_a_broken_legacy_arm_makes_validation_inconclusive_and_decommission_refu
     assert why and why[0].startswith("the last validation was INCONCLUSIVE: the legacy arm failed 30 of 30")
 
 
+def test_status_the_report_and_validate_show_the_rounds(migrated: Migrated, tmp_path: Path) -> None:  # noqa: F811
+    """The template's migration ran rounds during its backfill and a final one: ``status`` shows the last, the
+    report draws quality against % migrated and states model quality and index recall apart."""
+    from swarm import commands
+    from swarm.ops import report as ops_report
+    from swarm.ops.progress import render_status, render_validation
+
+    st = commands.status(migrated.cfg)
+    assert st["validation"]["stage"] == "final" and st["validation"]["verdict"] == "PASS"
+    assert st["validation_rounds"] >= 2
+    text = render_status(st)
+    assert f"validated round {st['validation']['round']} (final, 100% embedded): PASS | MRR@10 legacy" in text
+
+    paths = ops_report.write(migrated.cfg, migrated.db(), migrated.mid, out_dir=tmp_path / "reports")
+    data = json.loads(Path(paths["json"]).read_text())
+    stages = [r["stage"] for r in data["rounds"]]
+    assert stages[-1] == "final" and "backfill" in stages
+    assert all(r["verdict"] in ("PASS", "INCONCLUSIVE") for r in data["rounds"])
+    backfill = [r for r in data["rounds"] if r["stage"] == "backfill"]
+    assert all(0 < r["percent_embedded"] < 100 for r in backfill)
+    md = Path(paths["markdown"]).read_text()
+    assert "- **Model quality** (exact search on both arms): the new model is" in md
+    assert "- **Index recall, legacy**: index ivfflat (lists=1), searched at ivfflat.probes 1: it returns" in md
+    assert "- **Index recall, new**: index hnsw (m=16, ef_construction=200), searched at hnsw.ef_search 80" in md
+    assert "**Score distributions** (top-1 cosine similarity, exact search)" in md and "KS statistic" in md
+    assert "### Rounds" in md and "| backfill |" in md and "| final |" in md
+    for chart in ("metrics", "rounds", "scores"):
+        png = Path(paths[chart])
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png.name})" in md
+
+    text = render_validation(data["validation"])
+    assert "model quality (exact search)" in text and "index recall (ANN, each arm its own)" in text
+    assert "all gates passed" in text
+
+
 # ------------------------------------------------------------------------------------------------------------
 # assess
 # ------------------------------------------------------------------------------------------------------------

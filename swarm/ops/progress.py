@@ -175,6 +175,7 @@ def watch(
 
         ray.get(coord.wait.remote())
     last_line = 0.0
+    seen_rounds = None
     display = _Live() if live else None
     try:
         while True:
@@ -183,13 +184,19 @@ def watch(
             st.update(db.run(lambda c: validation_status(c, m.id), what="validation"))
             if display:
                 display.update(st)
-            elif not quiet and time.monotonic() - last_line > 5:
-                print(
-                    f"[{st['state']}/{st.get('phase')}] {st['rows_done']}/{st['rows_total']} rows, "
-                    f"{st['rows_per_second'] or '-'} rows/s, ETA {_fmt_secs(st.get('eta_seconds'))}",
-                    flush=True,
-                )
-                last_line = time.monotonic()
+            elif not quiet:
+                if seen_rounds is not None and st.get("validation_rounds", 0) > seen_rounds:
+                    from swarm.quality import record
+
+                    print(f"validation {record.line(st['validation'])}", flush=True)
+                seen_rounds = st.get("validation_rounds", 0)
+                if time.monotonic() - last_line > 5:
+                    print(
+                        f"[{st['state']}/{st.get('phase')}] {st['rows_done']}/{st['rows_total']} rows, "
+                        f"{st['rows_per_second'] or '-'} rows/s, ETA {_fmt_secs(st.get('eta_seconds'))}",
+                        flush=True,
+                    )
+                    last_line = time.monotonic()
             if st["state"] in mig.TERMINAL:
                 return st
             time.sleep(poll)

@@ -216,7 +216,7 @@ def charts(data: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
         ax1.set_xticks(list(x), [label for label, _ in names])
         ax1.set_ylim(0, 1.05)
         ax1.set_title(f"Search quality, round {v.get('round', '-')}: {v.get('verdict', '-')}")
-        ax1.legend(fontsize=7, loc="lower right")
+        ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
         lat = [("p50", "search_p50_ms"), ("p95", "search_p95_ms")]
         for shift, arm in ((-0.2, "legacy"), (0.2, "new")):
             ax2.bar(
@@ -257,7 +257,7 @@ def charts(data: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
         for r, x in zip(rounds, xs, strict=True):
             colour, text = marks.get(r["verdict"], ("black", r["verdict"]))
             ax.annotate(text, (x, 1.0), color=colour, ha="center", fontsize=7)
-        ax.set_xlabel("% of rows embedded when the round ran")
+        ax.set_xlabel("% of rows embedded when the round ran (verdict above each round; ? = INCONCLUSIVE)")
         ax.set_ylabel("MRR@10")
         ax.set_xlim(0, 105)
         ax.set_ylim(0, 1.08)
@@ -431,11 +431,15 @@ def _validation_md(v: dict[str, Any], rounds: list[dict[str, Any]]) -> list[str]
         r = rec.get(arm) or {}
         if r.get("recall") is None:
             continue
-        ix = ", ".join(f"{i['method']} ({i['options'] or 'defaults'})" for i in indexes.get(arm) or []) or "none"
+        have = indexes.get(arm) or []
+        ix = ", ".join(f"{i['method']} ({i['options'] or 'defaults'})" for i in have) or "none (exact scans)"
         st = settings.get(arm) or {}
+        knobs = {"hnsw": f"hnsw.ef_search {st.get('ef_search')}", "ivfflat": f"ivfflat.probes {st.get('probes')}"}
+        used = ", ".join(dict.fromkeys(knobs[i["method"]] for i in have if i["method"] in knobs))
         lines.append(
-            f"- **Index recall, {arm}**: index {ix}, searched at hnsw.ef_search {st.get('ef_search')}, "
-            f"ivfflat.probes {st.get('probes')}: it returns {r['recall']:.1%} of the exact top {k}, so it loses "
+            f"- **Index recall, {arm}**: index {ix}"
+            + (f", searched at {used}" if used else "")
+            + f": it returns {r['recall']:.1%} of the exact top {k}, so it loses "
             f"{r['lost']:.1%} of its recall"
             + (f" ({r['short']} searches came back short)" if r.get("short") else "")
             + (
@@ -480,8 +484,13 @@ def _validation_md(v: dict[str, Any], rounds: list[dict[str, Any]]) -> list[str]
             f"**Score distributions** (top-1 cosine similarity, exact search): legacy p10/p50/p90 "
             f"{top['legacy']['p10']:.3f}/{top['legacy']['p50']:.3f}/{top['legacy']['p90']:.3f}, new "
             f"{top['new']['p10']:.3f}/{top['new']['p50']:.3f}/{top['new']['p90']:.3f}; KS statistic "
-            f"{_f(sc.get('ks'))}. A fixed similarity threshold in the application keeps a different share of "
-            "results with the new model: re-tune it.",
+            f"{_f(sc.get('ks'))}. "
+            + (
+                "The distributions nearly coincide: similarity thresholds in the application carry over."
+                if (sc.get("ks") or 0) < 0.1
+                else "A fixed similarity threshold in the application keeps a different share of results with the "
+                "new model: re-tune it before the rollout."
+            ),
             "",
         ]
     if v.get("failures"):
