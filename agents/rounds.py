@@ -102,13 +102,7 @@ def plan_round(db: Database, cfg: Config, m: mig.Migration, *, kind: str, n_quer
     problems: list[str] = []
     round_no = db.run(lambda c: record.next_round(c, m.id), what="round_no")
     seed = [int(m.id), round_no]
-    total, with_new = db.run(
-        lambda c: (
-            int(c.execute(t.count_rows()).fetchone()[0]),
-            int(c.execute(t.count_with_vector()).fetchone()[0]),
-        ),
-        what="coverage",
-    )
+    total, with_new = db.run(lambda c: (_count(c, t.count_rows()), _count(c, t.count_with_vector())), what="coverage")
     try:
         query_set = load_query_set(db, cfg)
     except SwarmError as e:
@@ -133,8 +127,8 @@ def plan_round(db: Database, cfg: Config, m: mig.Migration, *, kind: str, n_quer
     legacy_ann = db.run(lambda c: AnnSettings.for_legacy(cfg, c), what="legacy_settings")
     spec["ann"] = {"legacy": legacy_ann.as_dict(), "new": AnnSettings.of(cfg).as_dict()}
     spec["indexes"] = {
-        arm: db.run(lambda c, col=col: column_indexes(c, t.table, col), what="indexes")
-        for arm, col in (("legacy", t.legacy_column), ("new", t.new_column))
+        "legacy": db.run(lambda c: column_indexes(c, t.table, t.legacy_column), what="indexes"),
+        "new": db.run(lambda c: column_indexes(c, t.table, t.new_column), what="indexes"),
     }
     return RoundPlan(round_no, kind, total, with_new, len(query_set), len(judgeable), queries, spec, seed, problems)
 
@@ -355,8 +349,15 @@ def _result(task: asyncio.Task[dict[str, Any] | None]) -> dict[str, Any] | None:
 
 def _progress(conn: psycopg.Connection, mid: int) -> tuple[int, int]:
     """(rows embedded, rows planned) from the shards' checkpoints (updated with every batch)."""
-    done, planned = conn.execute(
+    row = conn.execute(
         "SELECT coalesce(sum(rows_done), 0), coalesce(sum(rows_planned), 0) FROM swarm.shards WHERE migration_id = %s",
         [mid],
     ).fetchone()
-    return int(done), int(planned)
+    assert row is not None  # an aggregate always returns its row
+    return int(row[0]), int(row[1])
+
+
+def _count(conn: psycopg.Connection, query: sql.Composed) -> int:
+    row = conn.execute(query).fetchone()
+    assert row is not None  # count(*) always returns its row
+    return int(row[0])

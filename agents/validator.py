@@ -109,14 +109,14 @@ class Validator:
         about it), never raised.
         """
         from swarm.quality import Hit
-        from swarm.store.search import AnnSettings, run_search
+        from swarm.store.search import AnnSettings
 
         m = self.db.run(lambda c: mig.load(c, mid), what="load")
         t = m.target
         k = int(spec["k"])
         require = t.new_column if spec.get("partial") else None
         texts = [q["text"] for q in queries]
-        columns = {
+        columns: dict[str, tuple[str, str | None, int | None]] = {
             "legacy": (t.legacy_column, spec.get("legacy_type"), spec.get("legacy_dim")),
             "new": (t.new_column, m.column_type, m.dimension),
         }
@@ -135,7 +135,7 @@ class Validator:
                 embed_ms = (time.perf_counter() - t0) * 1000 / max(1, len(texts))
             except Exception as e:  # the model, or the column: this arm answers nothing
                 error = _short(e)
-            query = t.search(column, ctype, dim, require=require) if error is None else None
+            query = t.search(column, ctype, dim, require=require) if ctype and dim and error is None else None
             for i in range(len(queries)):
                 for mode in ("exact", "ann"):
                     hit = Hit(embed_ms=embed_ms)
@@ -146,10 +146,7 @@ class Validator:
                             vec = vectors[i]
                             t1 = time.perf_counter()
                             rows = self.db.run(
-                                lambda c, q=query, v=vec, a=(None if mode == "exact" else ann): run_search(
-                                    c, q, v, k, a, exact=a is None
-                                ),
-                                what=f"judge_{arm}_{mode}",
+                                _searcher(query, vec, k, None if mode == "exact" else ann), what=f"judge_{arm}_{mode}"
                             )
                             hit.search_ms = (time.perf_counter() - t1) * 1000
                             hit.ids = [r[0] for r in rows]
@@ -199,6 +196,16 @@ class Validator:
             "reports": len(self.reports),
             "last": self.reports[-1] if self.reports else None,
         }
+
+
+def _searcher(query: Any, vec: Any, k: int, ann: Any) -> Any:
+    """One search of :meth:`Validator.judge` as a function of the connection: exact without ``ann``."""
+    from swarm.store.search import run_search
+
+    def go(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+        return run_search(conn, query, vec, k, ann, exact=ann is None)
+
+    return go
 
 
 def _short(e: BaseException) -> str:

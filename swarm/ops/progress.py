@@ -181,7 +181,7 @@ def watch(
         while True:
             mm = db.run(lambda c: mig.load(c, m.id), what="load")
             st = db.run(lambda c, mm=mm: mig.status(c, mm), what="status")
-            st.update(db.run(lambda c: validation_status(c, m.id), what="validation"))
+            st.update(db.run(lambda c, mid=m.id: validation_status(c, mid), what="validation"))
             if display:
                 display.update(st)
             elif not quiet:

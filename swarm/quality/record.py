@@ -32,12 +32,12 @@ def last_round(conn: psycopg.Connection, mid: int) -> dict[str, Any] | None:
 
 def next_round(conn: psycopg.Connection, mid: int) -> int:
     """The number the next round of ``mid`` gets (rounds are numbered from 1 per migration)."""
-    n = conn.execute(
+    row = conn.execute(
         "SELECT coalesce(max((detail->>'round')::int), 0) FROM swarm.events "
         "WHERE migration_id = %s AND kind = 'validation'",
         [mid],
-    ).fetchone()[0]
-    return int(n) + 1
+    ).fetchone()
+    return int(row[0]) + 1 if row else 1
 
 
 def last_backfill_percent(conn: psycopg.Connection, mid: int) -> float | None:

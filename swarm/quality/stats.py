@@ -7,7 +7,7 @@ round number and the slice), so a round computed again from the same results giv
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,7 @@ def ks_statistic(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
     return float(np.max(np.abs(fx - fy)))
 
 
-def shared_histogram(samples: dict[str, Sequence[float]], bins: int = 20) -> dict[str, Any]:
+def shared_histogram(samples: Mapping[str, Sequence[float]], bins: int = 20) -> dict[str, Any]:
     """Histograms of several samples over the same edges (the range of all of them), for one chart."""
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in samples.items()}
     pooled = np.concatenate([a for a in arrays.values() if a.size] or [np.zeros(0)])

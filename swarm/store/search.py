@@ -77,7 +77,8 @@ _COLUMN_INDEXES = sql.SQL(
 
 def server_settings(conn: psycopg.Connection) -> AnnSettings:
     """``hnsw.ef_search`` and ``ivfflat.probes`` as a new session on this server gets them."""
-    _, ef, probes = conn.execute(_SERVER_SETTINGS).fetchone()
+    row = conn.execute(_SERVER_SETTINGS).fetchone()
+    _, ef, probes = row if row else (None, None, None)
     return AnnSettings(
         int(ef) if ef else PGVECTOR_DEFAULTS.ef_search, int(probes) if probes else PGVECTOR_DEFAULTS.probes
     )
