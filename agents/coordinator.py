@@ -35,6 +35,7 @@ import psycopg
 
 from agents.cache import Entry, SharedCache
 from agents.lag import LagMeter
+from agents.rounds import ValidationRounds
 from swarm import migration as mig
 from swarm.core.config import Config
 from swarm.core.errors import DatabaseError
@@ -72,6 +73,7 @@ class Pause:
 
     reason: str
     waits_for: str | None = None  # "migrators": resumes when a data-migrator answers; None: orchestrate resumes
+    rollback: bool = False  # a validation round failed during the backfill: roll back instead of pausing
 
 
 class Coordinator:
@@ -97,6 +99,7 @@ class Coordinator:
         self.events: list[dict[str, Any]] = []
         self._lag_saved = 0.0
         self._behind_logged = 0.0
+        self.rounds = ValidationRounds(self)  # validation during and after the backfill (agents/rounds.py)
         if call is None and _reconstructed():
             # Ray brought this actor back after its process died: pick the migration up again by itself,
             # whether or not an `orchestrate` is watching (--detach).
@@ -244,6 +247,8 @@ class Coordinator:
 
             await self._db(begin, "begin")
             pause = await self._backfill(m)
+            if pause and pause.rollback:
+                return await self._fail(m, pause.reason)
             if pause:
                 return await self._pause(m, pause)
             await self._vacuum(m, "after_backfill")
@@ -273,7 +278,9 @@ class Coordinator:
             return await self._retire(m, f"{type(e).__name__}: {e}")
 
     async def after_backfill(self, m: mig.Migration) -> dict[str, Any] | None:
-        """Validate (and with ``rollout.auto`` roll out step by step); a failed gate rolls back.
+        """The final validation round (agents/rounds.py, every validator), then with ``rollout.auto`` the rollout
+        step by step. FAIL rolls back. INCONCLUSIVE fails closed without destroying anything: the migration
+        completes with the reason on record and the rollout held at 0% (decommission refuses).
 
         Returns None to go on and complete, or the result of the rollback.
         """
@@ -282,9 +289,14 @@ class Coordinator:
             log.warning("validation.skipped", migration=m.id, reason="no validators in the swarm")
             return None
         await self._db(lambda c: mig.set_state(c, m.id, "validating", phase="validate"), "state")
-        report = await self._call(validators[0], "validate", m.id)
-        if report.get("failures"):
+        report = await self.rounds.final(m)
+        if report["verdict"] == "FAIL":
             return await self._fail(m, "validation failed: " + "; ".join(report["failures"]))
+        if report["verdict"] != "PASS":
+            reason = "validation INCONCLUSIVE, rollout held at 0%: " + "; ".join(report["failures"])
+            log.warning("validation.inconclusive", migration=m.id, reason=reason)
+            await self._db(lambda c: mig.set_state(c, m.id, "validating", phase="validate", reason=reason), "state")
+            return None
         if self.cfg.rollout.auto:
             await self._db(lambda c: mig.set_state(c, m.id, "validating", phase="rollout"), "state")
             result = await self._call(validators[0], "rollout", m.id)
@@ -358,7 +370,16 @@ class Coordinator:
                     await asyncio.sleep(min(1.0, s.resume_poll_s))
                     continue
             lost_since = None
-            done, _ = await asyncio.wait([*shards, *returning], return_when=asyncio.FIRST_COMPLETED, timeout=5.0)
+            # Validation rounds while the backfill runs (agents/rounds.py): a round with strong evidence against
+            # the new model stops the backfill here, and the migration rolls back (the one pause that drops data).
+            stop = await self.rounds.maybe_round(m)
+            if stop is not None:
+                for f in [*shards, *returning]:
+                    f.cancel()
+                return Pause(stop, rollback=True)
+            done, _ = await asyncio.wait(
+                [*shards, *returning], timeout=self.rounds.tick, return_when=asyncio.FIRST_COMPLETED
+            )
             for fut in done:
                 if fut in returning:
                     worker = returning.pop(fut)

@@ -1,22 +1,25 @@
-"""The validator: compares legacy and new search results on a query set, gates the migration, rolls it out.
+"""The validator: searches a share of a round's queries on both arms, four ways, and rolls the migration out.
 
-A plain class; :mod:`swarm.agents_ray` wraps it as the named, detached ``validator-N`` actor. Both embedders
-(the legacy model that filled the legacy column, and the new model with its query prefix) are loaded on first
-use and kept, so the auto rollout that follows validation reuses them.
+A plain class; :mod:`agents.actors` wraps it as the named, detached ``validator-N`` actor. Both embedders (the
+legacy model that filled the legacy column, and the new model with its query prefix) are built by
+:func:`model.factory.embedder_for` on first use and kept, so later rounds and the auto rollout reuse them.
 
-``validate(mid)`` embeds each sampled query with both models, searches both columns with the same k and
-computes per arm MRR@10, nDCG@10 and recall@k (labelled sets), overlap@k between the arms, search latency
-p50/p95 and errors; then the gates of ``[validation]`` (:func:`swarm.quality.check_gates`). While the backfill
-still runs, both arms search only the rows that already have a new vector, and only the queries whose relevant
-rows all have one count, so a half-migrated table is compared like with like (``partial`` in the report). The
-report is stored in ``swarm.events`` (kind ``validation``) and returned; non-empty ``failures`` make the
-coordinator roll back.
+``judge(mid, queries, spec)`` embeds each query with both models and searches each arm through its index with
+the application's settings (``spec``: the new column with ``[swarm].ef_search``/``probes``, the legacy one with
+``[legacy].ef_search``/``probes`` or the server's) and exactly (no index). During the backfill both arms
+search only rows that already have a new vector. It returns the raw results; the round that asked
+(:mod:`agents.rounds`, run by the coordinator over every validator) computes the figures and the verdict once.
+
+``validate(mid)`` is one whole round in this process (``python -m swarm validate``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
+
+import psycopg
 
 from swarm import migration as mig
 from swarm.core.config import Config
@@ -37,128 +40,140 @@ class Validator:
         self.dsn: str = payload["dsn"]
         self.db = Database(self.dsn, application_name=f"swarm:{name}")
         self._router: Any = None
+        self._embedders: dict[str, Any] = {}
+        self._load_lock = threading.Lock()
         self.reports: list[dict[str, Any]] = []
+        self.judged = 0
 
     def ping(self) -> str:
         return self.name
 
     def close(self) -> None:
-        """Close this validator's connections (its own and its router's)."""
+        """Close this validator's connections (its own and its router's) and its models."""
         self.db.close()
         if self._router is not None:
             self._router.close()
+        for e in self._embedders.values():
+            e.close()
+        self._embedders.clear()
+
+    def embedder(self, arm: str) -> Any:
+        """The arm's query embedder, loaded once. One llama.cpp thread: queries are short, and during the
+        backfill the validator shares the machine with the migrators."""
+        with self._load_lock:
+            if arm not in self._embedders:
+                from model.factory import embedder_for
+
+                self._embedders[arm] = embedder_for(self.cfg, "legacy" if arm == "legacy" else "new", n_threads=1)
+            return self._embedders[arm]
+
+    def warm(self) -> list[str]:
+        """Load both models now (the coordinator asks at the start of the backfill, so the first round does not
+        pay for it); a model that fails to load is left for the round to report."""
+        loaded = []
+        for arm in ("legacy", "new"):
+            try:
+                self.embedder(arm)
+                loaded.append(arm)
+            except Exception as e:  # reported by the round that needs it, as that arm's error
+                log.warning("validator.warm_failed", arm=arm, error=f"{type(e).__name__}: {e}")
+        return loaded
 
     @property
     def router(self) -> Any:
-        """One router for validation (unrecorded searches) and rollout replays (recorded as ``replay``)."""
+        """One router for rollout replays (recorded as ``replay``), sharing this validator's models."""
         if self._router is None:
             from swarm.serving.router import Router
 
-            self._router = Router(self.cfg, self.dsn, source="replay")
+            self._router = Router(
+                self.cfg,
+                self.dsn,
+                source="replay",
+                legacy_embedder=self._embedder_or_none("legacy"),
+                new_embedder=self._embedder_or_none("new"),
+            )
         return self._router
 
-    def _queries(self) -> list[Any]:
-        from swarm.quality import load_queries, queries_from_table
+    def _embedder_or_none(self, arm: str) -> Any:
+        try:
+            return self.embedder(arm)
+        except Exception:
+            return None  # the router loads it itself, and reports its error per search
 
-        src = self.cfg.validation.queries
-        if src.startswith("table:"):
-            return self.db.run(lambda c: queries_from_table(c, src.removeprefix("table:")), what="queries")
-        return load_queries(self.cfg.path(src))
+    # -- judging -------------------------------------------------------------------------------------------
+    def judge(self, mid: int, queries: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """Search each query on both arms, through the index and exactly; one dict per query, keyed
+        ``legacy_exact``, ``legacy_ann``, ``new_exact``, ``new_ann`` (a :class:`~swarm.quality.Hit` each).
 
-    # -- validation ----------------------------------------------------------------------------------------
+        Errors go in the Hit (an arm that cannot embed or search answers nothing, and the round is fail-closed
+        about it), never raised.
+        """
+        from swarm.quality import Hit
+        from swarm.store.search import AnnSettings
+
+        m = self.db.run(lambda c: mig.load(c, mid), what="load")
+        t = m.target
+        k = int(spec["k"])
+        require = t.new_column if spec.get("partial") else None
+        texts = [q["text"] for q in queries]
+        columns: dict[str, tuple[str, str | None, int | None]] = {
+            "legacy": (t.legacy_column, spec.get("legacy_type"), spec.get("legacy_dim")),
+            "new": (t.new_column, m.column_type, m.dimension),
+        }
+        out: list[dict[str, Any]] = [{} for _ in queries]
+        for arm in ("legacy", "new"):
+            column, ctype, dim = columns[arm]
+            ann = AnnSettings(**spec["ann"][arm])
+            vectors: Any = None
+            embed_ms = 0.0
+            error: str | None = None
+            try:
+                if ctype is None or dim is None:
+                    raise SwarmError(spec.get("legacy_error") or f"{t.table}.{column} is not a vector column")
+                t0 = time.perf_counter()
+                vectors = self.embedder(arm).embed(texts, query=True) if texts else []
+                embed_ms = (time.perf_counter() - t0) * 1000 / max(1, len(texts))
+            except Exception as e:  # the model, or the column: this arm answers nothing
+                error = _short(e)
+            query = t.search(column, ctype, dim, require=require) if ctype and dim and error is None else None
+            for i in range(len(queries)):
+                for mode in ("exact", "ann"):
+                    hit = Hit(embed_ms=embed_ms)
+                    if error is not None:
+                        hit.error = error
+                    else:
+                        try:
+                            vec = vectors[i]
+                            t1 = time.perf_counter()
+                            rows = self.db.run(
+                                _searcher(query, vec, k, None if mode == "exact" else ann), what=f"judge_{arm}_{mode}"
+                            )
+                            hit.search_ms = (time.perf_counter() - t1) * 1000
+                            hit.ids = [r[0] for r in rows]
+                            hit.distances = [float(r[1]) for r in rows]
+                        except (psycopg.Error, SwarmError, ValueError) as e:
+                            hit.error = _short(e)
+                    out[i][f"{arm}_{mode}"] = hit.as_dict()
+        self.judged += len(queries)
+        return out
+
+    # -- a whole round in this process ---------------------------------------------------------------------
     def validate(self, mid: int) -> dict[str, Any]:
-        """Compare both arms on the sampled query set; returns the report with its ``failures``."""
-        from swarm.core.errors import ConfigError
-        from swarm.quality import check_gates, mean_overlap, sample, summarize
-        from swarm.serving.router import Share
+        """One validation round of migration ``mid`` on ``validation.sample_queries`` queries, judged by this
+        validator alone; stored and returned (``verdict``, ``failures``, the figures)."""
+        from agents.rounds import conclude, plan_round
 
         started = time.monotonic()
-        v = self.cfg.validation
         m = self.db.run(lambda c: mig.load(c, mid), what="load")
-        try:
-            queries = sample(self._queries(), v.sample_queries, seed=mid)
-        except ConfigError as e:
-            return self._store(mid, {"failures": [f"query set: {e}"], "queries": 0})
-        total, with_new = self.db.run(
-            lambda c: (
-                c.execute(m.target.count_rows()).fetchone()[0],
-                c.execute(m.target.count_with_vector()).fetchone()[0],
-            ),
-            what="coverage",
-        )
-        partial = with_new < total
-        if partial and any(q.labelled for q in queries):
-            # Only queries whose answers are already migrated can be judged.
-            ids = sorted({r for q in queries for r in q.relevant})
-            have = {
-                r[0]
-                for r in self.db.run(
-                    lambda c: c.execute(_with_vector_sql(m), [ids]).fetchall(), what="labelled_coverage"
-                )
-            }
-            queries = [q for q in queries if not q.labelled or q.relevant <= have]
-        share = Share(m, 0.0, True)
-        legacy_hits, new_hits = [], []
-        for q in queries:
-            h_legacy, _, _ = self.router.run_arm("legacy", q.text, v.k, share=share, require_new=partial)
-            h_new, _, _ = self.router.run_arm("new", q.text, v.k, share=share, require_new=partial)
-            legacy_hits.append(h_legacy)
-            new_hits.append(h_new)
-        legacy = summarize(queries, legacy_hits, v.k)
-        new = summarize(queries, new_hits, v.k)
-        overlap = mean_overlap(legacy_hits, new_hits, v.k)
-        failures = check_gates(legacy, new, overlap, v)
-        errors = [
-            {"query": q.text[:200], "arm": arm, "error": h.error}
-            for q, hl, hn in zip(queries, legacy_hits, new_hits, strict=True)
-            for arm, h in (("legacy", hl), ("new", hn))
-            if h.error
-        ][:20]
-        report = {
-            "failures": failures,
-            "migration": mid,
-            "partial": partial,
-            "rows_total": int(total),
-            "rows_with_new_vector": int(with_new),
-            "queries": len(queries),
-            "labelled": sum(1 for q in queries if q.labelled),
-            "k": v.k,
-            "legacy": legacy.as_dict(),
-            "new": new.as_dict(),
-            "overlap_at_k": round(overlap, 4) if overlap is not None else None,
-            "mrr_drop": (
-                round(legacy.mrr_at_10 - new.mrr_at_10, 4)
-                if legacy.mrr_at_10 is not None and new.mrr_at_10 is not None
-                else None
-            ),
-            "gates": v.model_dump(),
-            "legacy_model": self.cfg.legacy.model,
-            "new_model": m.model_id,
-            "errors": errors,
-            "seconds": round(time.monotonic() - started, 2),
-        }
-        return self._store(mid, report)
-
-    def _store(self, mid: int, report: dict[str, Any]) -> dict[str, Any]:
-        report.setdefault("migration", mid)
-        self.db.run(lambda c: mig.event(c, mid, "validation", validator=self.name, **report), what="report")
+        plan = plan_round(self.db, self.cfg, m, kind="manual", n_queries=self.cfg.validation.sample_queries)
+        results = self.judge(mid, plan.query_dicts(), plan.spec) if plan.queries else []
+        report = conclude(self.db, self.cfg, m, plan, results, validators=[self.name], started=started)
         self.reports.append(report)
-        if report["failures"]:
-            log.warning("validation.failed", migration=mid, failures=report["failures"])
-        else:
-            log.info(
-                "validation.passed",
-                migration=mid,
-                queries=report.get("queries"),
-                legacy_mrr=report.get("legacy", {}).get("mrr_at_10"),
-                new_mrr=report.get("new", {}).get("mrr_at_10"),
-                overlap=report.get("overlap_at_k"),
-            )
         return report
 
     # -- rollout -------------------------------------------------------------------------------------------
     def rollout(self, mid: int) -> dict[str, Any]:
-        """Step the share through ``[rollout].steps`` (see :func:`swarm.rollout.auto`)."""
+        """Step the share through ``[rollout].steps`` (see :func:`swarm.serving.rollout.auto`)."""
         from swarm.quality import sample
         from swarm.serving import rollout
 
@@ -169,18 +184,30 @@ class Validator:
             return {"failures": [f"query set: {e}"], "percent": float(m.rollout_percent), "steps": []}
         return rollout.auto(self.cfg, self.db, m, self.router, queries)
 
+    def _queries(self) -> list[Any]:
+        from agents.rounds import load_query_set
+
+        return load_query_set(self.db, self.cfg)
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "judged": self.judged,
             "reports": len(self.reports),
             "last": self.reports[-1] if self.reports else None,
         }
 
 
-def _with_vector_sql(m: mig.Migration) -> Any:
-    from psycopg import sql
+def _searcher(query: Any, vec: Any, k: int, ann: Any) -> Any:
+    """One search of :meth:`Validator.judge` as a function of the connection: exact without ``ann``."""
+    from swarm.store.search import run_search
 
-    t = m.target
-    return sql.SQL("SELECT {id}::text FROM {t} WHERE {id}::text = ANY(%s) AND {new} IS NOT NULL").format(
-        id=t.id, t=t.t, new=t.new
-    )
+    def go(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+        return run_search(conn, query, vec, k, ann, exact=ann is None)
+
+    return go
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:500]

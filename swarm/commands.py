@@ -21,6 +21,7 @@ from swarm import migration as mig
 from swarm.core.config import Config
 from swarm.core.errors import (
     EXIT_FAILED,
+    EXIT_HELD,
     EXIT_OK,
     EXIT_PAUSED,
     EXIT_ROLLED_BACK,
@@ -344,12 +345,15 @@ def orchestrate(
         _out(f"\nmigration {m.id} paused; run orchestrate again to resume it")
         raise
     paths = _write_report(cfg, db, m.id)
-    if verbose:
-        from swarm.ops.progress import summary
+    from swarm.ops.progress import summary, validation_status
 
+    final.update(db.run(lambda c: validation_status(c, m.id), what="validation"))
+    if verbose:
         _out(summary(final))
         if paths:
             _out("report: " + ", ".join(str(p) for p in paths.values()))
+    if final["state"] == "completed" and (final.get("validation") or {}).get("verdict") == "INCONCLUSIVE":
+        return EXIT_HELD  # fail closed: migrated, but not validated; nothing serves from the new column
     return EXIT_BY_STATE.get(final["state"], EXIT_FAILED)
 
 
@@ -390,6 +394,9 @@ def status(cfg: Config) -> dict[str, Any]:
         what="agents",
     )
     st["dead_letters"] = db.run(lambda c: mig.dead_letters(c, m.id, 20), what="dead_letters")
+    from swarm.ops.progress import validation_status
+
+    st.update(db.run(lambda c: validation_status(c, m.id), what="validation"))  # the last round and how many
     from swarm.serving import alerts
 
     st["alerts"] = db.run(lambda c: alerts.firing(c, m.id), what="alerts")

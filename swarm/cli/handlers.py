@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from swarm import commands
 from swarm.core.config import Config, load_config
-from swarm.core.errors import EXIT_FAILED, EXIT_OK, ConfigError, UsageError
+from swarm.core.errors import EXIT_FAILED, EXIT_HELD, EXIT_OK, ConfigError, UsageError
 
 
 def out(text: str = "") -> None:
@@ -160,6 +160,8 @@ def validate(args: argparse.Namespace, cfg: Config) -> int:
 
     v = commands.validate(cfg)
     out(json.dumps(v, indent=2, default=str) if args.json else render_validation(v))
+    if v.get("verdict") == "INCONCLUSIVE":
+        return EXIT_HELD
     return EXIT_FAILED if v["failures"] else EXIT_OK
 
 

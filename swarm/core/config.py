@@ -105,6 +105,10 @@ class LegacyConfig(_Section):
     model_path: str = "model/all-MiniLM-L6-v2.f16.gguf"
     document_prefix: str = ""
     query_prefix: str = ""
+    # How the application searches the legacy column's index, so validation measures what it serves. None:
+    # the server's current setting (current_setting('ivfflat.probes') / 'hnsw.ef_search'), read per round.
+    probes: int | None = Field(default=None, ge=1, le=32768, description="ivfflat.probes of legacy searches")
+    ef_search: int | None = Field(default=None, ge=1, le=1000, description="hnsw.ef_search of legacy searches")
 
 
 class SwarmConfig(_Section):
@@ -200,7 +204,19 @@ class ValidationConfig(_Section):
     min_overlap_at_k: float = Field(default=0.3, ge=0, le=1)
     max_error_rate: float = Field(default=0.001, ge=0, le=1)
     max_p95_latency_ms: float = Field(default=50.0, gt=0)
-    sample_queries: int = Field(default=200, ge=1)
+    sample_queries: int = Field(default=200, ge=1, description="queries of the final validation")
+    every_percent: float = Field(
+        default=10.0,
+        ge=0,
+        le=100,
+        description="a validation round each time this share of the rows more is embedded during the backfill "
+        "(0: validate only after it)",
+    )
+    round_queries: int = Field(default=100, ge=1, description="queries judged by a round during the backfill")
+    min_queries: int = Field(
+        default=30, ge=1, description="fewer judged queries (in all, or in a slice) cannot decide: INCONCLUSIVE"
+    )
+    bootstrap_resamples: int = Field(default=2000, ge=100, le=100_000)
 
 
 class RolloutConfig(_Section):

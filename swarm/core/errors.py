@@ -13,7 +13,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ROLLED_BACK = 3
-EXIT_PAUSED = 4
+#: Completed, but its validation was INCONCLUSIVE: the rollout is held at 0% and decommission refused.
+EXIT_HELD = 4
+#: Paused by an outage (every migrator gone, the database away): nothing was thrown away; orchestrate resumes it.
+EXIT_PAUSED = 5
 
 
 class SwarmError(Exception):

@@ -71,7 +71,13 @@ def refusals(conn: psycopg.Connection, cfg: Config, m: mig.Migration) -> list[st
         why.append("no validation on record; run `python -m swarm validate`")
     else:
         v = row[0]
-        if v.get("failures"):
+        if v.get("verdict") == "INCONCLUSIVE":  # its reasons are in failures too, for older readers
+            why.append(
+                "the last validation was INCONCLUSIVE: "
+                + "; ".join(v.get("inconclusive") or v["failures"])
+                + "; run `python -m swarm validate` again (more queries: validation.sample_queries)"
+            )
+        elif v.get("failures"):
             why.append("the last validation failed: " + "; ".join(v["failures"]))
         elif v.get("partial"):
             why.append("the last validation ran on part of the table; run `python -m swarm validate` again")

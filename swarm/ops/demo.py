@@ -2,7 +2,8 @@
 
 The legacy column is filled with all-MiniLM-L6-v2 (the seed's "before" model) through its f16 GGUF, and an
 ivfflat index is built on it, as a production table would have. Queries with their relevant ids go to
-``.swarm/demo_queries.jsonl`` and to the ``demo_queries`` table.
+``.swarm/demo_queries.jsonl`` and to the ``demo_queries`` table, sliced by the length of the function that
+answers them (:func:`length_slice`), so validation gates short, medium and long code each on its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ if TYPE_CHECKING:
     from swarm.core.config import Config
 
 log = get_logger()
+
+#: Upper bounds (characters of content) of the demo's slices; about a third of the queries each.
+SLICES = ((150, "short"), (400, "medium"))
+
+
+def length_slice(content: str) -> str:
+    """The demo query set's slice of a query: the content length bucket of the row that answers it."""
+    return next((name for bound, name in SLICES if len(content) < bound), "long")
 
 
 def seed(
@@ -74,7 +83,9 @@ def seed(
                 "CREATE TABLE {t} ({id} bigint PRIMARY KEY, {content} text NOT NULL, name text, {legacy} vector({dim}))"
             ).format(dim=sql.Literal(dim), **ids)
         )
-        conn.execute("CREATE TABLE demo_queries (id int PRIMARY KEY, query text NOT NULL, relevant_ids bigint[])")
+        conn.execute(
+            "CREATE TABLE demo_queries (id int PRIMARY KEY, query text NOT NULL, relevant_ids bigint[], slice text)"
+        )
 
     started = time.monotonic()
     bar = _progress(progress, len(docs))
@@ -96,9 +107,9 @@ def seed(
     seconds = time.monotonic() - started
 
     with conn.transaction(), conn.cursor() as cur:
-        with cur.copy("COPY demo_queries (id, query, relevant_ids) FROM STDIN") as cp:
+        with cur.copy("COPY demo_queries (id, query, relevant_ids, slice) FROM STDIN") as cp:
             for n, q in enumerate(queries, 1):
-                cp.write_row((n, q.query, [q.id]))
+                cp.write_row((n, q.query, [q.id], length_slice(q.content)))
     lists = max(1, len(docs) // 1000)
     conn.execute(
         sql.SQL(
@@ -109,7 +120,7 @@ def seed(
     queries_path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     for q in queries:
-        buf.write(json.dumps({"query": q.query, "relevant_ids": [q.id]}) + "\n")
+        buf.write(json.dumps({"query": q.query, "relevant_ids": [q.id], "slice": length_slice(q.content)}) + "\n")
     tmp = queries_path.with_suffix(".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     tmp.replace(queries_path)

@@ -70,6 +70,10 @@ def render_status(st: dict[str, Any]) -> str:
                 f"{when} {mb(s.get('table_bytes'))} + {mb(s.get('index_bytes'))} indexes" for when, s in sizes.items()
             )
         )
+    if st.get("validation"):
+        from swarm.quality import record
+
+        lines.append(f"  validated {record.line(st['validation'])} ({st.get('validation_rounds', 1)} rounds)")
     by_state: dict[str, int] = {}
     for s in st["shards"]:
         by_state[s["state"]] = by_state.get(s["state"], 0) + 1
@@ -86,27 +90,69 @@ def render_status(st: dict[str, Any]) -> str:
 
 
 def render_validation(r: dict[str, Any]) -> str:
-    if not r.get("legacy"):
-        return "validation FAILED: " + "; ".join(r["failures"])
-    lg, nw = r["legacy"], r["new"]
+    """A validation round as text (``python -m swarm validate``): the verdict, model quality (exact search on
+    both arms) apart from index recall (each arm's ANN search against its exact one), slices, scores."""
+    from swarm.quality import record
 
-    def f(v: Any, d: int = 3) -> str:
-        return "-" if v is None else f"{v:.{d}f}"
+    lines = [f"validation of migration {r.get('migration')}: {record.line(r)}"]
+    if r.get("legacy") and r.get("new"):
+        k = r.get("k")
+        qs = r.get("query_set") or {}
+        ann, rec, st, ix = (r.get(x) or {} for x in ("ann", "index_recall", "settings", "indexes"))
 
-    lines = [
-        f"validation of migration {r['migration']}: {r['queries']} queries ({r['labelled']} labelled), "
-        f"k = {r['k']}" + (" (partial: backfill running)" if r.get("partial") else ""),
-        f"{'':<18}{'legacy':>10}{'new':>10}",
-        f"{'MRR@10':<18}{f(lg['mrr_at_10']):>10}{f(nw['mrr_at_10']):>10}",
-        f"{'nDCG@10':<18}{f(lg['ndcg_at_10']):>10}{f(nw['ndcg_at_10']):>10}",
-        f"{'recall@' + str(r['k']):<18}{f(lg['recall_at_k']):>10}{f(nw['recall_at_k']):>10}",
-        f"{'search p50 (ms)':<18}{f(lg['search_p50_ms'], 2):>10}{f(nw['search_p50_ms'], 2):>10}",
-        f"{'search p95 (ms)':<18}{f(lg['search_p95_ms'], 2):>10}{f(nw['search_p95_ms'], 2):>10}",
-        f"{'errors':<18}{lg['errors']:>10}{nw['errors']:>10}",
-        f"overlap@{r['k']}: {f(r['overlap_at_k'])}",
-    ]
-    lines += [f"FAILED: {x}" for x in r["failures"]] or ["all gates passed"]
+        def arms(label: str, get: Any, d: int = 3) -> str:
+            return f"  {label:<34}{_fmt(get('legacy'), d):>10}{_fmt(get('new'), d):>10}"
+
+        lines += [
+            f"{r.get('judged', 0)} of {r.get('queries', 0)} sampled queries judged ({qs.get('judgeable', '-')} of "
+            f"{qs.get('queries', '-')} in the set have their answers migrated), k = {k}"
+            + (" (partial: both arms searched only the rows with a new vector)" if r.get("partial") else ""),
+            "",
+            f"{'model quality (exact search)':<36}{'legacy':>10}{'new':>10}",
+            arms("MRR@10", lambda a: r[a].get("mrr_at_10")),
+            arms("nDCG@10", lambda a: r[a].get("ndcg_at_10")),
+            arms(f"recall@{k}", lambda a: r[a].get("recall_at_k")),
+        ]
+        if r.get("mrr_drop") is not None and r.get("mrr_drop_ci"):
+            lo, hi = r["mrr_drop_ci"]
+            lines.append(f"  MRR@10 drop {_fmt(r['mrr_drop'])}, 95% CI [{_fmt(lo)}, {_fmt(hi)}]")
+        lines += [
+            f"  overlap@{k} between the arms {_fmt(r.get('overlap_at_k'))}",
+            "",
+            f"{'index recall (ANN, each arm its own)':<36}{'legacy':>10}{'new':>10}",
+            arms("index", lambda a: ", ".join(i["method"] for i in ix.get(a) or []) or "none"),
+            arms(f"recall@{k} against exact", lambda a: (rec.get(a) or {}).get("recall")),
+            arms("MRR@10 through the index", lambda a: (ann.get(a) or {}).get("mrr_at_10")),
+            arms("search p50 (ms)", lambda a: (ann.get(a) or {}).get("search_p50_ms"), 1),
+            arms("search p95 (ms)", lambda a: (ann.get(a) or {}).get("search_p95_ms"), 1),
+            arms("errors", lambda a: (r.get("errors_by_arm") or {}).get(a, 0)),
+            f"  settings: legacy {_settings(st.get('legacy'))}; new {_settings(st.get('new'))}",
+        ]
+        for name, sl in (r.get("slices") or {}).items():
+            iv = sl.get("interval")
+            drop = f"drop {_fmt(iv['mean'])} [{_fmt(iv['lo'])}, {_fmt(iv['hi'])}]: " if iv else ""
+            lines.append(f"  slice {name}: {sl['queries']} queries, {drop}{sl['verdict']}")
+        sc = r.get("scores") or {}
+        top = sc.get("top1_similarity") or {}
+        if top.get("legacy") and top.get("new"):
+            lines.append(
+                f"  top-1 similarity p50 legacy {_fmt(top['legacy']['p50'])}, new {_fmt(top['new']['p50'])}; "
+                f"KS {_fmt(sc.get('ks'))} (fixed similarity thresholds move with the model)"
+            )
+    lines.append("")
+    word = "FAILED" if r.get("verdict") == "FAIL" else "NOT PASSED"
+    lines += [f"{word}: {x}" for x in r.get("failures", [])] or ["all gates passed"]
     return "\n".join(lines)
+
+
+def _fmt(v: Any, d: int = 3) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{d}f}" if isinstance(v, float) else str(v)
+
+
+def _settings(s: dict[str, Any] | None) -> str:
+    return f"hnsw.ef_search {s['ef_search']}, ivfflat.probes {s['probes']}" if s else "-"
 
 
 def summary(st: dict[str, Any]) -> str:
@@ -114,8 +160,9 @@ def summary(st: dict[str, Any]) -> str:
     if st.get("elapsed_seconds"):
         rate = st["rows_done"] / max(st["elapsed_seconds"], 1e-9)
     head = {"completed": "completed", "rolled_back": "ROLLED BACK", "failed": "FAILED"}.get(st["state"], st["state"])
+    share = f" ({100.0 * st['rows_done'] / st['rows_total']:.1f}% of the table)" if st.get("rows_total") else ""
     lines = [
-        f"migration {st['id']} {head}: {st['rows_done']}/{st['rows_total']} rows embedded, "
+        f"migration {st['id']} {head}: {st['rows_done']}/{st['rows_total']} rows embedded{share}, "
         f"{st['rows_failed']} dead-lettered, "
         + (f"{st['rows_truncated']} truncated, " if st.get("rows_truncated") else "")
         + f"{len(st['shards'])} shards, {_fmt_secs(st.get('elapsed_seconds'))}"
@@ -125,7 +172,24 @@ def summary(st: dict[str, Any]) -> str:
         lines.append(f"index {st['index']} on {st['table']}.{st['column']}")
     if st.get("reason"):
         lines.append(f"reason: {st['reason']}")
+    if st.get("validation"):
+        from swarm.quality import record
+
+        lines.append(f"validation: {st.get('validation_rounds', 1)} rounds, last {record.line(st['validation'])}")
     return "\n".join(lines)
+
+
+def validation_status(conn: Any, mid: int) -> dict[str, Any]:
+    """``validation`` (the last round, as stored) and ``validation_rounds`` for a status dict; empty if none."""
+    from swarm.quality import record
+
+    last = record.last_round(conn, mid)
+    if last is None:
+        return {}
+    n = conn.execute(
+        "SELECT count(*) FROM swarm.events WHERE migration_id = %s AND kind = 'validation'", [mid]
+    ).fetchone()[0]
+    return {"validation": last, "validation_rounds": int(n)}
 
 
 def watch(
@@ -145,6 +209,7 @@ def watch(
 
         ray.get(coord.wait.remote())
     last_line = 0.0
+    seen_rounds = None
     display = _Live() if live else None
     try:
         unreachable_said = False
@@ -152,6 +217,7 @@ def watch(
             try:
                 mm = db.run(lambda c: mig.load(c, m.id), what="load")
                 st = db.run(lambda c, mm=mm: mig.status(c, mm), what="status")
+                st.update(db.run(lambda c, mid=m.id: validation_status(c, mid), what="validation"))
             except (psycopg.Error, DatabaseError) as e:
                 # The database is away: the coordinator waits for it and resumes; so does the view.
                 if not unreachable_said and not quiet:
@@ -162,13 +228,19 @@ def watch(
             unreachable_said = False
             if display:
                 display.update(st)
-            elif not quiet and time.monotonic() - last_line > 5:
-                print(
-                    f"[{st['state']}/{st.get('phase')}] {st['rows_done']}/{st['rows_total']} rows, "
-                    f"{st['rows_per_second'] or '-'} rows/s, ETA {_fmt_secs(st.get('eta_seconds'))}",
-                    flush=True,
-                )
-                last_line = time.monotonic()
+            elif not quiet:
+                if seen_rounds is not None and st.get("validation_rounds", 0) > seen_rounds:
+                    from swarm.quality import record
+
+                    print(f"validation {record.line(st['validation'])}", flush=True)
+                seen_rounds = st.get("validation_rounds", 0)
+                if time.monotonic() - last_line > 5:
+                    print(
+                        f"[{st['state']}/{st.get('phase')}] {st['rows_done']}/{st['rows_total']} rows, "
+                        f"{st['rows_per_second'] or '-'} rows/s, ETA {_fmt_secs(st.get('eta_seconds'))}",
+                        flush=True,
+                    )
+                    last_line = time.monotonic()
             if st["state"] in (*mig.TERMINAL, mig.PAUSED):
                 return st
             time.sleep(poll)
@@ -219,6 +291,12 @@ class _Live:
             )
         done = sum(1 for s in st["shards"] if s["state"] == "done")
         parts: list[Any] = [head, bar, f"shards: {done}/{len(st['shards'])} done", shards]
+        if st.get("validation"):
+            from swarm.quality import record
+
+            v = st["validation"]
+            colour = {"PASS": "green", "FAIL": "red"}.get(v.get("verdict", ""), "yellow")
+            parts.append(f"[{colour}]validation[/] " + record.line(v).replace("[", "\\["))
         ix = st.get("index_progress")
         if ix:
             parts.append(

@@ -1,9 +1,11 @@
 """The migration's report: Markdown and JSON with PNG charts under ``reports/``.
 
 Everything comes from the database: the migration record and its shards (``swarm.migrations``,
-``swarm.shards``), the throughput over time (``swarm.batches``), validation, rollout steps, alerts, rollback
-and decommission (``swarm.events``). Charts (matplotlib, Agg backend, no display needed): throughput over
-time, per-shard durations, legacy vs new search quality and latency.
+``swarm.shards``), the throughput over time (``swarm.batches``), validation rounds, rollout steps, alerts,
+rollback and decommission (``swarm.events``). Charts (matplotlib, Agg backend, no display needed): throughput
+over time, per-shard durations, legacy vs new search quality (model quality by exact search next to what each
+arm's index gives) and latency, quality against % migrated over the validation rounds, and the distributions of
+top-1 similarity of both models.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarm import migration as mig
 from swarm.core.log import get_logger
+from swarm.quality import record
 
 if TYPE_CHECKING:
     import psycopg
@@ -54,7 +57,7 @@ def collect(conn: psycopg.Connection, mid: int) -> dict[str, Any]:
         f"WHERE migration_id = %s AND at <= {until}",
         [mid, mid],
     ).fetchone()
-    validations = _events(conn, mid, "validation")
+    validations = record.rounds(conn, mid)
     return {
         "migration": {k: v for k, v in m.as_dict().items() if k != "config"},
         "config": m.config,
@@ -81,6 +84,14 @@ def collect(conn: psycopg.Connection, mid: int) -> dict[str, Any]:
         ],
         "validation": validations[-1] if validations else None,
         "validations": len(validations),
+        # Every round, headline figures only (quality against % migrated).
+        "rounds": [
+            {
+                **record.summary(v),
+                "ann": {a: (v.get("ann") or {}).get(a, {}).get("mrr_at_10") for a in ("legacy", "new")},
+            }
+            for v in validations
+        ],
         "rollout": _events(conn, mid, "rollout_step"),
         "alerts": _events(conn, mid, "alert"),
         "rollback": _last(_events(conn, mid, "rollback")),
@@ -176,32 +187,106 @@ def charts(data: dict[str, Any], out_dir: Path, stem: str) -> dict[str, str]:
 
     v = data.get("validation")
     if v and v.get("legacy") and v.get("new"):
-        candidates: list[tuple[str, str | None]] = [
-            ("MRR@10", "mrr_at_10"),
-            ("nDCG@10", "ndcg_at_10"),
-            (f"recall@{v.get('k', 10)}", "recall_at_k"),
+        k = v.get("k", 10)
+        ann = v.get("ann") or {}
+        names = [
+            (label, key)
+            for label, key in (("MRR@10", "mrr_at_10"), ("nDCG@10", "ndcg_at_10"), (f"recall@{k}", "recall_at_k"))
+            if v["legacy"].get(key) is not None
         ]
-        names_vals = [(label, key) for label, key in candidates if v["legacy"].get(key) is not None]
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [3, 2]})
-        if v.get("overlap_at_k") is not None:
-            names_vals.append((f"overlap@{v.get('k', 10)}", None))
-        x = range(len(names_vals))
-        legacy_vals = [v["legacy"][k] if k else 1.0 for _, k in names_vals]
-        new_vals = [v["new"][k] if k else v["overlap_at_k"] for _, k in names_vals]
-        ax1.bar([i - 0.2 for i in x], legacy_vals, width=0.4, label="legacy")
-        ax1.bar([i + 0.2 for i in x], new_vals, width=0.4, label="new")
-        ax1.set_xticks(list(x), [label for label, _ in names_vals])
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+        x = range(len(names))
+        for shift, arm, colour in ((-0.3, "legacy", "tab:blue"), (0.1, "new", "tab:orange")):
+            ax1.bar(
+                [i + shift for i in x],
+                [v[arm][key] for _, key in names],
+                width=0.2,
+                color=colour,
+                label=f"{arm}, exact (model)",
+            )
+            ax1.bar(
+                [i + shift + 0.2 for i in x],
+                [(ann.get(arm) or {}).get(key) or 0 for _, key in names],
+                width=0.2,
+                color=colour,
+                alpha=0.45,
+                hatch="//",
+                label=f"{arm}, through its index",
+            )
+        ax1.set_xticks(list(x), [label for label, _ in names])
         ax1.set_ylim(0, 1.05)
-        ax1.set_title("Search quality")
-        ax1.legend()
+        ax1.set_title(f"Search quality, round {v.get('round', '-')}: {v.get('verdict', '-')}")
+        ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
         lat = [("p50", "search_p50_ms"), ("p95", "search_p95_ms")]
-        ax2.bar([i - 0.2 for i in range(2)], [v["legacy"].get(k) or 0 for _, k in lat], width=0.4, label="legacy")
-        ax2.bar([i + 0.2 for i in range(2)], [v["new"].get(k) or 0 for _, k in lat], width=0.4, label="new")
+        for shift, arm in ((-0.2, "legacy"), (0.2, "new")):
+            ax2.bar(
+                [i + shift for i in range(2)],
+                [(ann.get(arm) or {}).get(key) or 0 for _, key in lat],
+                width=0.4,
+                label=arm,
+            )
         ax2.set_xticks([0, 1], [label for label, _ in lat])
         ax2.set_ylabel("ms")
-        ax2.set_title("Search latency")
+        ax2.set_title("Search latency (through the index)")
+        ax2.legend(fontsize=7)
         fig.tight_layout()
         paths["metrics"] = _save(fig, out_dir / f"{stem}-metrics.png")
+        plt.close(fig)
+
+    rounds = [r for r in data.get("rounds") or [] if r.get("percent_embedded") is not None]
+    if rounds:
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+        xs = [r["percent_embedded"] for r in rounds]
+        for arm, colour in (("legacy", "tab:blue"), ("new", "tab:orange")):
+            ys = [r.get(f"{arm}_mrr_at_10") for r in rounds]
+            ax.plot(
+                xs,
+                [y if y is not None else float("nan") for y in ys],
+                marker="o",
+                color=colour,
+                label=f"{arm} MRR@10 (exact)",
+            )
+            ax.plot(
+                xs,
+                [(r.get("ann") or {}).get(arm) or float("nan") for r in rounds],
+                linestyle=":",
+                color=colour,
+                label=f"{arm} MRR@10 (its index)",
+            )
+        marks = {"PASS": ("tab:green", "PASS"), "FAIL": ("tab:red", "FAIL"), "INCONCLUSIVE": ("tab:gray", "?")}
+        for r, x in zip(rounds, xs, strict=True):
+            colour, text = marks.get(r["verdict"], ("black", r["verdict"]))
+            ax.annotate(text, (x, 1.0), color=colour, ha="center", fontsize=7)
+        ax.set_xlabel("% of rows embedded when the round ran (verdict above each round; ? = INCONCLUSIVE)")
+        ax.set_ylabel("MRR@10")
+        ax.set_xlim(0, 105)
+        ax.set_ylim(0, 1.08)
+        ax.set_title("Validation rounds: quality against % migrated (like with like: migrated rows only)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+        paths["rounds"] = _save(fig, out_dir / f"{stem}-rounds.png")
+        plt.close(fig)
+
+    hist = ((v or {}).get("scores") or {}).get("histogram") or {}
+    if hist.get("edges"):
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        edges = hist["edges"]
+        width = edges[1] - edges[0]
+        for arm, colour in (("legacy", "tab:blue"), ("new", "tab:orange")):
+            ax.bar(
+                edges[:-1],
+                hist.get(arm) or [0] * (len(edges) - 1),
+                width=width,
+                align="edge",
+                alpha=0.5,
+                color=colour,
+                label=arm,
+            )
+        ax.set_xlabel("top-1 cosine similarity (exact search)")
+        ax.set_ylabel("queries")
+        ax.set_title(f"Score distributions: KS statistic {_f((v or {}).get('scores', {}).get('ks'))}")
+        ax.legend()
+        paths["scores"] = _save(fig, out_dir / f"{stem}-scores.png")
         plt.close(fig)
     return paths
 
@@ -243,31 +328,7 @@ def markdown(data: dict[str, Any], chart_paths: dict[str, str], out_dir: Path) -
     ]
     v = data.get("validation")
     if v:
-        lines += [
-            "## Validation",
-            "",
-            f"{v.get('queries', 0)} queries ({v.get('labelled', 0)} labelled), k = {v.get('k')}"
-            + (", partial (backfill running)" if v.get("partial") else "")
-            + f"; overlap@k between the arms: {_f(v.get('overlap_at_k'))}.",
-            "",
-            "| metric | legacy | new |",
-            "|---|---|---|",
-        ]
-        for label, key in [
-            ("MRR@10", "mrr_at_10"),
-            ("nDCG@10", "ndcg_at_10"),
-            (f"recall@{v.get('k')}", "recall_at_k"),
-            ("search p50 (ms)", "search_p50_ms"),
-            ("search p95 (ms)", "search_p95_ms"),
-            ("latency p95 incl. embedding (ms)", "latency_p95_ms"),
-            ("errors", "errors"),
-        ]:
-            lines.append(f"| {label} | {_f((v.get('legacy') or {}).get(key))} | {_f((v.get('new') or {}).get(key))} |")
-        lines.append("")
-        if v.get("failures"):
-            lines += ["**Failed gates:**", ""] + [f"- {f}" for f in v["failures"]] + [""]
-        else:
-            lines += ["All gates passed.", ""]
+        lines += _validation_md(v, data.get("rounds") or [])
     if data["rollout"]:
         lines += [
             "## Rollout",
@@ -330,6 +391,133 @@ def markdown(data: dict[str, Any], chart_paths: dict[str, str], out_dir: Path) -
             lines.append(f"![{name}]({Path(path).relative_to(out_dir)})")
         lines.append("")
     return "\n".join(lines)
+
+
+def _validation_md(v: dict[str, Any], rounds: list[dict[str, Any]]) -> list[str]:
+    """The validation section: the verdict, model quality apart from index recall, slices, scores, rounds."""
+    k = v.get("k")
+    qs = v.get("query_set") or {}
+    lines = [
+        "## Validation",
+        "",
+        f"**{v.get('verdict') or ('FAIL' if v.get('failures') else 'PASS')}** (round {v.get('round', '-')}, "
+        f"{v.get('stage', '-')}, {_f(v.get('percent_embedded'), 1)}% of the rows embedded): "
+        f"{v.get('judged', v.get('queries', 0))} of {v.get('queries', 0)} sampled queries judged "
+        f"({qs.get('judgeable', '-')} of {qs.get('queries', '-')} in the set had their answers migrated), k = {k}"
+        + (", both arms restricted to the rows with a new vector (backfill running)" if v.get("partial") else "")
+        + ".",
+        "",
+    ]
+    lg, nw = v.get("legacy") or {}, v.get("new") or {}
+    rec, ann = v.get("index_recall") or {}, v.get("ann") or {}
+    if lg.get("mrr_at_10") is not None and nw.get("mrr_at_10") is not None:
+        diff = nw["mrr_at_10"] - lg["mrr_at_10"]
+        ci = v.get("mrr_drop_ci")
+        lines.append(
+            f"- **Model quality** (exact search on both arms): the new model is {abs(diff):.3f} MRR@10 "
+            f"{'better' if diff >= 0 else 'worse'} (legacy {lg['mrr_at_10']:.3f}, new {nw['mrr_at_10']:.3f}"
+            + (f"; drop 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            + f", gate validation.max_mrr_drop {((v.get('gates') or {}).get('max_mrr_drop'))})."
+        )
+    elif v.get("overlap_at_k") is not None:
+        ci = v.get("overlap_ci")
+        lines.append(
+            f"- **Model quality** (exact search): overlap@{k} between the models {v['overlap_at_k']:.3f}"
+            + (f" (95% CI [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else "")
+            + "."
+        )
+    settings, indexes = v.get("settings") or {}, v.get("indexes") or {}
+    for arm in ("legacy", "new"):
+        r = rec.get(arm) or {}
+        if r.get("recall") is None:
+            continue
+        have = indexes.get(arm) or []
+        ix = ", ".join(f"{i['method']} ({i['options'] or 'defaults'})" for i in have) or "none (exact scans)"
+        st = settings.get(arm) or {}
+        knobs = {"hnsw": f"hnsw.ef_search {st.get('ef_search')}", "ivfflat": f"ivfflat.probes {st.get('probes')}"}
+        used = ", ".join(dict.fromkeys(knobs[i["method"]] for i in have if i["method"] in knobs))
+        lines.append(
+            f"- **Index recall, {arm}**: index {ix}"
+            + (f", searched at {used}" if used else "")
+            + f": it returns {r['recall']:.1%} of the exact top {k}, so it loses "
+            f"{r['lost']:.1%} of its recall"
+            + (f" ({r['short']} searches came back short)" if r.get("short") else "")
+            + (
+                f"; MRR@10 {r['mrr_at_10_ann']:.3f} through the index, {r['mrr_at_10_exact']:.3f} exact."
+                if r.get("mrr_at_10_ann") is not None
+                else "."
+            )
+        )
+    lines += [
+        "",
+        "| metric | legacy exact | new exact | legacy via its index | new via its index |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key in [("MRR@10", "mrr_at_10"), ("nDCG@10", "ndcg_at_10"), (f"recall@{k}", "recall_at_k")]:
+        lines.append(
+            f"| {label} | {_f(lg.get(key))} | {_f(nw.get(key))} | {_f((ann.get('legacy') or {}).get(key))} | "
+            f"{_f((ann.get('new') or {}).get(key))} |"
+        )
+    for label, key in [("search p50 (ms)", "search_p50_ms"), ("search p95 (ms)", "search_p95_ms")]:
+        lines.append(
+            f"| {label} | - | - | {_f((ann.get('legacy') or {}).get(key))} | {_f((ann.get('new') or {}).get(key))} |"
+        )
+    errs = v.get("errors_by_arm") or {}
+    lines += [f"| errors | {errs.get('legacy', '-')} | {errs.get('new', '-')} | | |", ""]
+    if v.get("slices"):
+        lines += [
+            "| slice | queries | legacy MRR@10 | new MRR@10 | drop 95% CI | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, sl in v["slices"].items():
+            iv = sl.get("interval")
+            lines.append(
+                f"| {name} | {sl['queries']} | {_f(sl.get('legacy_mrr_at_10'))} | {_f(sl.get('new_mrr_at_10'))} | "
+                + (f"[{iv['lo']:.3f}, {iv['hi']:.3f}]" if iv else "-")
+                + f" | {sl['verdict']} |"
+            )
+        lines.append("")
+    sc = v.get("scores") or {}
+    top = sc.get("top1_similarity") or {}
+    if top.get("legacy") and top.get("new"):
+        lines += [
+            f"**Score distributions** (top-1 cosine similarity, exact search): legacy p10/p50/p90 "
+            f"{top['legacy']['p10']:.3f}/{top['legacy']['p50']:.3f}/{top['legacy']['p90']:.3f}, new "
+            f"{top['new']['p10']:.3f}/{top['new']['p50']:.3f}/{top['new']['p90']:.3f}; KS statistic "
+            f"{_f(sc.get('ks'))}. "
+            + (
+                "The distributions nearly coincide: similarity thresholds in the application carry over."
+                if (sc.get("ks") or 0) < 0.1
+                else "A fixed similarity threshold in the application keeps a different share of results with the "
+                "new model: re-tune it before the rollout."
+            ),
+            "",
+        ]
+    if v.get("failures"):
+        head = "**Failed gates:**" if v.get("verdict") == "FAIL" else "**Not passed:**"
+        lines += [head, ""] + [f"- {f}" for f in v["failures"]] + [""]
+    else:
+        lines += ["All gates passed.", ""]
+    if rounds:
+        lines += [
+            "### Rounds",
+            "",
+            "| round | stage | % embedded | verdict | judged | legacy MRR@10 | new MRR@10 | drop 95% CI | "
+            "index recall legacy / new | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rounds:
+            ci = r.get("mrr_drop_ci")
+            ir = r.get("index_recall") or {}
+            lines.append(
+                f"| {r['round']} | {r['stage']} | {_f(r.get('percent_embedded'), 1)} | {r['verdict']} | "
+                f"{r.get('judged')} | {_f(r.get('legacy_mrr_at_10'))} | {_f(r.get('new_mrr_at_10'))} | "
+                + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-")
+                + f" | {_f(ir.get('legacy'), 2)} / {_f(ir.get('new'), 2)} | {_f(r.get('seconds'), 1)} |"
+            )
+        cost = sum(r.get("seconds") or 0 for r in rounds if r.get("stage") == "backfill")
+        lines += ["", f"Rounds during the backfill took {cost:.1f} s of validator time in all.", ""]
+    return lines
 
 
 def write(cfg: Config, db: Database, mid: int, *, out_dir: str | Path | None = None) -> dict[str, str]:

@@ -73,16 +73,25 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
 class Hit:
-    """One query on one arm: what it returned and what it cost (or why it failed)."""
+    """One query on one arm: what it returned (ids, cosine distances) and what it cost (or why it failed)."""
 
     ids: list[str] = field(default_factory=list)
     embed_ms: float = 0.0
     search_ms: float = 0.0
     error: str | None = None
+    distances: list[float] = field(default_factory=list)
 
     @property
     def latency_ms(self) -> float:
         return self.embed_ms + self.search_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (crosses Ray from a validator to the coordinator)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Hit:
+        return cls(**d)
 
 
 @dataclass

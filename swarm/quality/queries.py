@@ -1,4 +1,6 @@
-"""The query set: labelled (``relevant_ids``) or not, read from a JSONL file or a table, and sampled."""
+"""The query set: labelled (``relevant_ids``) or not, optionally sliced (``slice``: a language, a team, a content
+length bucket; each slice with enough queries is gated on its own), read from a JSONL file or a table, and
+sampled."""
 
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Query:
-    """One query, with the ids of the rows that answer it (empty when the set has no labels)."""
+    """One query, with the ids of the rows that answer it (empty when the set has no labels) and its slice."""
 
     text: str
     relevant: frozenset[str] = frozenset()
+    slice: str | None = None
 
     @property
     def labelled(self) -> bool:
@@ -28,7 +31,8 @@ class Query:
 
 
 def load_queries(path: str | Path, *, key: str = "validation.queries") -> list[Query]:
-    """Read a JSONL query set: one ``{"query": "...", "relevant_ids": [...]}`` per line (labels optional).
+    """Read a JSONL query set: one ``{"query": "...", "relevant_ids": [...], "slice": "..."}`` per line (labels
+    and slice optional).
 
     A bad line is a :class:`~swarm.errors.ConfigError` naming the file, the line and what it should hold.
     """
@@ -50,40 +54,46 @@ def load_queries(path: str | Path, *, key: str = "validation.queries") -> list[Q
             obj = json.loads(line)
             text = obj["query"]
             rel = obj.get("relevant_ids") or []
+            part = obj.get("slice")
             if not isinstance(text, str) or not text.strip() or not isinstance(rel, list):
+                raise TypeError
+            if part is not None and not isinstance(part, (str, int)):
                 raise TypeError
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ConfigError(
                 f"{key} ({p.name} line {n})",
                 line[:80],
-                'expected {"query": "<text>", "relevant_ids": [<id>, ...]}',
+                'expected {"query": "<text>", "relevant_ids": [<id>, ...], "slice": "<name>"} '
+                "(relevant_ids and slice optional)",
             ) from None
-        out.append(Query(text, frozenset(str(r) for r in rel)))
+        out.append(Query(text, frozenset(str(r) for r in rel), str(part) if part is not None else None))
     if not out:
         raise ConfigError(key, str(p), 'holds no queries; add JSONL lines with a "query" key')
     return out
 
 
 def queries_from_table(conn: psycopg.Connection, table: str) -> list[Query]:
-    """A query set kept in a table with columns ``query`` and (optional) ``relevant_ids`` (an array)."""
+    """A query set kept in a table with columns ``query``, (optional) ``relevant_ids`` (an array of keys of any
+    type, uuid included) and (optional) ``slice``."""
     from psycopg import sql
 
-    from swarm.store.sql import table_ident
+    from swarm.store.sql import regclass_text, split_table, table_ident
 
     cols = {
         r[0]
         for r in conn.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-            [table],
+            [regclass_text(*split_table(table))],  # each part quoted: "Acme.EvalQueries" keeps its case
         ).fetchall()
     }
     if "query" not in cols:
         raise ConfigError("validation.queries", f"table:{table}", "no such table with a `query` column")
-    rel = sql.SQL("relevant_ids") if "relevant_ids" in cols else sql.SQL("NULL::text[]")
+    rel = sql.SQL("relevant_ids::text[]") if "relevant_ids" in cols else sql.SQL("NULL::text[]")
+    part = sql.SQL("slice::text") if "slice" in cols else sql.SQL("NULL::text")
     rows = conn.execute(
-        sql.SQL("SELECT query, {rel} FROM {t} ORDER BY 1").format(rel=rel, t=table_ident(table))
+        sql.SQL("SELECT query, {rel}, {part} FROM {t} ORDER BY 1").format(rel=rel, part=part, t=table_ident(table))
     ).fetchall()
-    return [Query(q, frozenset(str(r) for r in (ids or []))) for q, ids in rows if q and q.strip()]
+    return [Query(q, frozenset(str(r) for r in (ids or [])), s) for q, ids, s in rows if q and q.strip()]
 
 
 def sample(queries: Sequence[Query], n: int, *, seed: int = 0) -> list[Query]:

@@ -31,6 +31,7 @@ class InProcess:
     def close(self) -> None:
         """Close every connection the agents hold (a template database must have no sessions)."""
         self.coordinator.db.close()
+        self.coordinator.rounds.close()
         for w in self.workers.values():
             w.close()
 
