@@ -92,11 +92,17 @@ def upsert_sql() -> sql.Composed:
     )
 
 
+#: A flush waits at most this long for a lock or for its statements: a pooled connection is not held by a
+#: blocked write (the counts go back and are written with the next flush).
+WRITE_TIMEOUTS = "SELECT set_config('lock_timeout', '1s', true), set_config('statement_timeout', '5s', true)"
+
+
 def write(conn: psycopg.Connection, rows: Sequence[Sequence[Any]]) -> None:
     """Upsert flushed rows (each as :func:`upsert_sql` takes its parameters) in one transaction."""
     if not rows:
         return
     with conn.transaction(), conn.cursor() as cur:
+        cur.execute(WRITE_TIMEOUTS)
         cur.executemany(upsert_sql(), rows)
 
 
@@ -104,6 +110,7 @@ async def awrite(conn: psycopg.AsyncConnection, rows: Sequence[Sequence[Any]]) -
     if not rows:
         return
     async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(WRITE_TIMEOUTS)
         await cur.executemany(upsert_sql(), rows)
 
 
