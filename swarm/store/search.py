@@ -69,12 +69,16 @@ class SearchQuery:
     """
 
     sql: sql.Composed
+    exact_sql: sql.Composed
     filters: tuple[Any, ...] = ()
     columns: tuple[str, ...] = ()
     filtered: bool = False
 
     def params(self, vec: Any, k: int) -> list[Any]:
         return [vec, *self.filters, vec, int(k)]
+
+    def exact_params(self, vec: Any, k: int) -> list[Any]:
+        return [vec, *self.filters, int(k)]
 
 
 def build_search(
@@ -110,19 +114,26 @@ def build_search(
             parts.append(sql.SQL("{} = CAST(%s AS {})").format(ident, ty))
             values.append(_text(value))
     extra = sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in columns)
+    names = {
+        "id": target.id,
+        "col": sql.Identifier(column),
+        "ty": sql.SQL(column_type),
+        "dim": sql.Literal(int(dim)),
+        "extra": extra,
+        "t": target.t,
+        "w": sql.SQL(" AND ").join(parts),
+    }
     q = sql.SQL(
-        "SELECT {id}::text, {col} <=> CAST(%s AS {ty}({dim})) AS swarm_distance{extra} FROM {t} WHERE {w} "
-        "ORDER BY {col} <=> CAST(%s AS {ty}({dim})) LIMIT %s"
-    ).format(
-        id=target.id,
-        col=sql.Identifier(column),
-        ty=sql.SQL(column_type),
-        dim=sql.Literal(int(dim)),
-        extra=extra,
-        t=target.t,
-        w=sql.SQL(" AND ").join(parts),
-    )
-    return SearchQuery(q, tuple(values), tuple(columns), bool(where))
+        "SELECT {id}::text AS swarm_key, {col} <=> CAST(%s AS {ty}({dim})) AS swarm_distance{extra} FROM {t} "
+        "WHERE {w} ORDER BY {col} <=> CAST(%s AS {ty}({dim})) LIMIT %s"
+    ).format(**names)
+    # The same rows by exact distance: OFFSET 0 keeps ORDER BY/LIMIT out of the scan, so no ANN index can serve
+    # it (whatever the planner settings); a b-tree on the filter still can.
+    exact = sql.SQL(
+        "SELECT * FROM (SELECT {id}::text AS swarm_key, {col} <=> CAST(%s AS {ty}({dim})) AS swarm_distance{extra} "
+        "FROM {t} WHERE {w} OFFSET 0) swarm_rows ORDER BY swarm_distance LIMIT %s"
+    ).format(**names)
+    return SearchQuery(q, exact, tuple(values), tuple(columns), bool(where))
 
 
 def _text(v: Scalar) -> str | None:
@@ -152,10 +163,6 @@ def _settings(ann: AnnSettings | None, k: int, iterative: bool) -> list[tuple[sq
     return out
 
 
-#: Exact search inside the same transaction: the ANN index is not used, a b-tree on the filter still is (bitmap).
-_EXACT = sql.SQL("SELECT set_config('enable_indexscan', 'off', true)")
-
-
 def run_query(
     conn: psycopg.Connection, q: SearchQuery, vec: Any, k: int, ann: AnnSettings | None, *, iterative: bool
 ) -> tuple[list[tuple[Any, ...]], bool]:
@@ -168,8 +175,7 @@ def run_query(
         rows = conn.execute(q.sql, q.params(vec, k)).fetchall()
         exact = False
         if q.filtered and len(rows) < k:
-            conn.execute(_EXACT)
-            rows = conn.execute(q.sql, q.params(vec, k)).fetchall()
+            rows = conn.execute(q.exact_sql, q.exact_params(vec, k)).fetchall()
             exact = True
     return sorted(rows, key=lambda r: r[1]), exact
 
@@ -184,8 +190,7 @@ async def arun_query(
         rows = await (await conn.execute(q.sql, q.params(vec, k))).fetchall()
         exact = False
         if q.filtered and len(rows) < k:
-            await conn.execute(_EXACT)
-            rows = await (await conn.execute(q.sql, q.params(vec, k))).fetchall()
+            rows = await (await conn.execute(q.exact_sql, q.exact_params(vec, k))).fetchall()
             exact = True
     return sorted(rows, key=lambda r: r[1]), exact
 
