@@ -126,7 +126,8 @@ def refusals(conn: psycopg.Connection, m: mig.Migration) -> list[str]:
     if t.new_column not in cols:
         why.append(f"the new column {t.table}.{t.new_column} does not exist")
     schema, _ = split_table(t.table)
-    if m.index_name and _relation_exists(conn, schema, index_name_for(m)):
+    # (While the legacy column exists its own index usually holds that name; decommission drops it.)
+    if not why and m.index_name and _relation_exists(conn, schema, index_name_for(m)):
         why.append(f"an index or table named {index_name_for(m)} already exists; drop or rename it first")
     return why
 
