@@ -174,10 +174,10 @@ def _role(cmdline: list[str], head: dict[str, Any]) -> str:
 
 @pytest.mark.chaos
 def test_serve_listens_on_loopback_by_default(make_config: Any, dsn: str, safeguard: Any) -> None:
-    from swarm import cli as swarm_cli
+    from swarm.cli.parser import build_parser
     from swarm.serving.http import make_server
 
-    default_host = swarm_cli._parser().parse_args(["serve"]).host
+    default_host = build_parser().parse_args(["serve"]).host
     server = make_server(make_config(), dsn, port=0)
     try:
         host, port = server.server_address[:2]
@@ -186,8 +186,7 @@ def test_serve_listens_on_loopback_by_default(make_config: Any, dsn: str, safegu
         local, remote = _answers("127.0.0.1", port), bool(ip) and _answers(ip, port)
     finally:
         server.shutdown()
-        server.server_close()
-        server.router.close()
+        server.close()
     g = safeguard(
         "swarm serve on 127.0.0.1",
         f"`serve --host` defaults to {default_host}; server bound to {host}:{port}; answers on "
