@@ -134,11 +134,12 @@ def test_dropped_and_renamed_in_one_transaction_the_applications_query_never_fai
         while len(seen) < 20 and t.is_alive():
             t.join(0.05)
         indexes = db.run(lambda c: legacy_indexes(c, m))
+        assert indexes == ["documents_embedding_idx"]  # the name the new index takes: free in that transaction
         ddl = [
             *m.target.drop_sync(m.id),
             *[sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(ix)) for ix in indexes],
             m.target.drop_column(m.target.legacy_column),
-            *cutover.statements(m, new_index=None),
+            *db.run(lambda c: cutover.statements_in(c, m, dropping=indexes)),
         ]
         attempts = mig.run_ddl(db, ddl, lock_timeout_ms=2000, retries=30)
         renamed.set()
@@ -146,6 +147,8 @@ def test_dropped_and_renamed_in_one_transaction_the_applications_query_never_fai
     finally:
         stop.set()
         t.join(10)
+    with pytest.raises(MigrationError, match="decommission --rename refused: already cut over"):
+        db.run(lambda c: cutover.statements_in(c, migrated.migration()))
     assert attempts >= 1 and not errors, errors[:3]
     assert after[0] >= 20 and len(seen) >= 40 and set(seen) == {5}
     assert _columns(migrated.dsn)["embedding"] == "vector(384)" and "nomic_embedding" not in _columns(migrated.dsn)

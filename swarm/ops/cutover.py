@@ -10,7 +10,7 @@ In one transaction under ``lock_timeout`` with retries (:func:`swarm.migration.r
    routers, ``swarm.arm`` and ``status`` name the column by its new name from the same commit on.
 
 It runs once the legacy column is gone: :func:`cutover` refuses while it exists, with one line. To leave the
-application no moment without the column, :func:`statements` gives the same DDL to append to the
+application no moment without the column, :func:`statements_in` gives the same DDL (checked) to append to the
 decommission's own transaction, right after the ``DROP COLUMN`` of the legacy column: then a query sees either
 the legacy vectors or the new ones under that name, never an error.
 
@@ -22,6 +22,7 @@ runs unchanged, with another, ``$1::vector(384)`` casts in its SQL must say the 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -104,11 +105,15 @@ def _columns(conn: psycopg.Connection, m: mig.Migration) -> dict[str, str]:
 
 
 def _relation_exists(conn: psycopg.Connection, schema: str | None, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s)", [regclass_text(schema, name)]).fetchone()[0] is not None
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [regclass_text(schema, name)]).fetchone()
+    return bool(row and row[0])
 
 
-def refusals(conn: psycopg.Connection, m: mig.Migration) -> list[str]:
-    """Why the cutover cannot run now (empty: it can)."""
+def refusals(
+    conn: psycopg.Connection, m: mig.Migration, *, in_decommission: bool = False, dropping: Sequence[str] = ()
+) -> list[str]:
+    """Why the cutover cannot run now (empty: it can). ``in_decommission``: it will run in the decommission's
+    transaction, after the DROP of the legacy column and of the indexes named in ``dropping``."""
     t = m.target
     if m.rehearsal:
         return [f"migration {m.id} is a rehearsal; its scratch column is not the application's"]
@@ -116,7 +121,9 @@ def refusals(conn: psycopg.Connection, m: mig.Migration) -> list[str]:
         return [f"already cut over: {t.table}.{t.legacy_column} holds the new vectors (migration {m.id})"]
     cols = _columns(conn, m)
     why = []
-    if t.legacy_column in cols:
+    if in_decommission:
+        pass
+    elif t.legacy_column in cols:
         why.append(
             f"the legacy column {t.table}.{t.legacy_column} still exists; the cutover runs after `decommission` "
             "drops it (`decommission --rename` does both)"
@@ -127,9 +134,22 @@ def refusals(conn: psycopg.Connection, m: mig.Migration) -> list[str]:
         why.append(f"the new column {t.table}.{t.new_column} does not exist")
     schema, _ = split_table(t.table)
     # (While the legacy column exists its own index usually holds that name; decommission drops it.)
-    if not why and m.index_name and _relation_exists(conn, schema, index_name_for(m)):
-        why.append(f"an index or table named {index_name_for(m)} already exists; drop or rename it first")
+    name = index_name_for(m)
+    if not why and m.index_name and name not in dropping and _relation_exists(conn, schema, name):
+        why.append(f"an index or table named {name} already exists; drop or rename it first")
     return why
+
+
+def statements_in(conn: psycopg.Connection, m: mig.Migration, *, dropping: Sequence[str] = ()) -> list[sql.Composable]:
+    """The cutover's statements for the decommission's own DDL transaction (``decommission --rename``), to run
+    right after the DROP of the legacy column and of its indexes (``dropping``); checked first, so a cutover that
+    cannot run refuses the whole decommission with one line before anything is dropped."""
+    why = refusals(conn, m, in_decommission=True, dropping=dropping)
+    if why:
+        raise MigrationError("decommission --rename refused: " + "; ".join(why))
+    schema, _ = split_table(m.target.table)
+    index = m.index_name if m.index_name and _relation_exists(conn, schema, m.index_name) else ""
+    return statements(m, index=index)
 
 
 def cutover(cfg: Config, dsn: str) -> dict[str, Any]:

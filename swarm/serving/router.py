@@ -755,9 +755,9 @@ class AsyncRouter(_RouterBase):
         await self.close()
 
     async def _flush_loop(self) -> None:
-        last = 0.0
+        last: float | None = None
         while True:
-            if time.monotonic() - last >= 600:
+            if last is None or time.monotonic() - last >= 600:
                 await self._retention()
                 last = time.monotonic()
             await asyncio.sleep(1.0)
