@@ -261,7 +261,7 @@ def _json_default(o: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Figure names and sizes
 # --------------------------------------------------------------------------------------------------------------
-FIGURES = ("embed", "pipeline", "rss", "search", "cache", "overhead")
+FIGURES = ("embed", "pipeline", "rss", "search", "cache", "overhead", "load")
 ALIASES = {
     "embed_ratio_vs_sentence_transformers": "embed",
     "pipeline_efficiency": "pipeline",
@@ -270,6 +270,8 @@ ALIASES = {
     "search_recall_at_10": "search",
     "cache_hit_rate": "cache",
     "overhead_per_row_us": "overhead",
+    "load_errors": "load",
+    "load_max_connections": "load",
 }
 
 
@@ -306,6 +308,8 @@ class Sizes:
     cache_unique: int = 100
     cache_copies: int = 10
     overhead_rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    load_rows: int = 1000  # when the pipeline figure did not run first
+    load_requests: int = 400  # per concurrency level (1, 8, 32, 128 clients)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -319,6 +323,8 @@ class Sizes:
             search_exact_queries=30,
             cache_unique=30,
             overhead_rows=(2_000, 10_000, 40_000),
+            load_rows=300,
+            load_requests=160,
         )
 
 
@@ -329,4 +335,5 @@ TARGETS = {
     "search": [("search_p95_ms", Target("<=", 10)), ("search_recall_at_10", Target(">=", 0.95))],
     "cache": [("cache_hit_rate", Target(">=", 0.9))],
     "overhead": [("overhead_per_row_us", Target("within", 0.25, "ratio"))],
+    "load": [("load_errors", Target("<=", 0)), ("load_max_connections", Target("<=", 1.0, "ratio"))],
 }

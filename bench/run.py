@@ -22,6 +22,9 @@ Figures (``--only`` takes these names or the short aliases in brackets):
    migration with the cache off (time saved).
 6. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
    call to the migration's ``finished_at``, per row; each size against the smallest.
+7. ``load_errors`` and ``load_max_connections`` [load]: ``swarm serve`` on 127.0.0.1 under 1, 8, 32 and 128
+   concurrent clients (a few hundred searches each, share 50%): p50/p95 and 503s per level in the notes, errors
+   (target 0) and the most database connections the server held (target: at most ``serving.pool_size``).
 
 Results go to ``bench/results.json`` and ``bench/results.md``. The exit code is 0 when every figure was measured
 and met its target, 1 otherwise (the table says which and why)."""
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from bench.cache import fig_cache
 from bench.embed import fig_embed
 from bench.lab import Lab
+from bench.load import fig_load
 from bench.overhead import fig_overhead
 from bench.pipeline import fig_pipeline, fig_rss
 from bench.results import (
@@ -71,6 +75,7 @@ RUNNERS: dict[str, Callable[[Lab], list[Result]]] = {
     "search": fig_search,
     "cache": fig_cache,
     "overhead": fig_overhead,
+    "load": fig_load,
 }
 
 

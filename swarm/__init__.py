@@ -5,7 +5,9 @@ The public API, what applications and scripts may rely on (everything else may c
 * :mod:`swarm.commands`: one function per command of ``python -m swarm`` (``init``, ``spawn``, ``orchestrate``,
   ``status``, ``rollback``, ``validate``, ``rollout``, ``decommission``, ...), each taking a :class:`Config`;
 * :func:`load_config` and :class:`Config`: a TOML file with ``SWARM_*`` environment overrides;
-* :class:`Router`: the query router an application searches through while the share moves from legacy to new;
+* :class:`Router` (and :class:`AsyncRouter`): the query router an application searches through while the share
+  moves from legacy to new (``Router.from_config``, ``search(..., where=..., columns=...)``, ``arm(caller)``);
+  in SQL, ``swarm.arm(table, caller)`` gives the same answer (README, "Integrating your application");
 * :class:`EmbeddingAdapter`: what swarm needs from an embedding model (``LlamaEmbedder`` implements it);
 * the errors: :class:`SwarmError` and its subclasses, each with a one-line message and an exit code.
 
@@ -24,7 +26,10 @@ _EXPORTS = {
     "Config": ("swarm.core.config", "Config"),
     "load_config": ("swarm.core.config", "load_config"),
     "Router": ("swarm.serving.router", "Router"),
+    "AsyncRouter": ("swarm.serving.router", "AsyncRouter"),
+    "Arm": ("swarm.serving.router", "Arm"),
     "SearchResult": ("swarm.serving.router", "SearchResult"),
+    "Row": ("swarm.serving.router", "Row"),
     "EmbeddingAdapter": ("model.embedder", "EmbeddingAdapter"),
     "LlamaEmbedder": ("model.embedder", "LlamaEmbedder"),
     "SwarmError": ("swarm.core.errors", "SwarmError"),
@@ -34,6 +39,8 @@ _EXPORTS = {
     "DimensionMismatch": ("swarm.core.errors", "DimensionMismatch"),
     "DatabaseError": ("swarm.core.errors", "DatabaseError"),
     "MigrationError": ("swarm.core.errors", "MigrationError"),
+    "Overloaded": ("swarm.core.errors", "Overloaded"),
+    "DatabaseUnavailable": ("swarm.core.errors", "DatabaseUnavailable"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -476,15 +476,31 @@ def validate(cfg: Config) -> dict[str, Any]:
 
 
 def rollout(
-    cfg: Config, *, percent: float | None = None, auto: bool = False, out: Any = None
+    cfg: Config,
+    *,
+    percent: float | None = None,
+    auto: bool = False,
+    use_new: bool | None = None,
+    out: Any = None,
 ) -> tuple[int, dict[str, Any]]:
     """Set the share of queries on the new column, or step through ``[rollout].steps`` (``auto``): a failed
-    step rolls back (exit code 3). Returns (exit code, what happened)."""
+    step rolls back (exit code 3); or (``use_new``) turn the database's kill switch off or on: every router and
+    ``swarm.arm`` then send every query to legacy. Returns (exit code, what happened)."""
     from swarm.serving import rollout as serving_rollout
 
     dsn = resolve_dsn(cfg)
     db = Database(dsn, application_name="swarm:rollout")
     try:
+        if use_new is not None:
+            from swarm.store import routing
+            from swarm.store.schema import ensure_serving
+
+            db.run(ensure_serving, what="serving_schema")
+            prev = db.run(lambda c: routing.set_use_new(c, use_new, reason="rollout --use-new"), what="use_new")
+            latest = db.run(lambda c: mig.latest(c, cfg, rehearse=False), what="latest")
+            if latest is not None:
+                db.run(lambda c: mig.event(c, latest.id, "use_new", use_new=use_new, previous=prev), what="event")
+            return EXIT_OK, {"use_new": use_new, "previous": prev, "failures": []}
         m = current_migration(db, cfg)
         if not auto:
             if percent is None:
@@ -500,24 +516,38 @@ def rollout(
     return EXIT_OK, result
 
 
-def search(cfg: Config, query: str, *, k: int = 10, caller: str | None = None) -> Any:
+def search(
+    cfg: Config,
+    query: str,
+    *,
+    k: int = 10,
+    caller: str | None = None,
+    where: dict[str, Any] | None = None,
+    columns: tuple[str, ...] = (),
+) -> Any:
     """One query through the router (legacy or new column by the rollout share)."""
     from swarm.serving.router import Router
 
     router = Router(cfg, resolve_dsn(cfg), source="search")
     try:
-        return router.search(query, k=k, caller=caller)
+        return router.search(query, k=k, caller=caller, where=where, columns=columns)
     finally:
         router.close()
 
 
-def serve(cfg: Config, *, host: str = "127.0.0.1", port: int = 8765, out: Any = print) -> None:
-    """HTTP search endpoint until interrupted."""
+def serve(
+    cfg: Config, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None, out: Any = print
+) -> None:
+    """HTTP search endpoint until interrupted; ``token`` (else ``SWARM_SERVE_TOKEN``) is required on every request
+    and must be set to listen on anything but loopback."""
+    import os
+
     from swarm.serving import http
 
     if port < 0 or port > 65535:
         raise UsageError(f"--port {port}: must be 0..65535")
-    http.serve(cfg, resolve_dsn(cfg), host=host, port=port, out=out)
+    token = token or os.environ.get(http.TOKEN_ENV) or None
+    http.serve(cfg, resolve_dsn(cfg), host=host, port=port, token=token, out=out)
 
 
 def decommission(

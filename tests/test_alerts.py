@@ -180,12 +180,13 @@ def test_a_condition_that_stops_holding_restarts_the_wait(migrated: Migrated) ->
     router.close()
     t0 = ev.now()
     assert ev.evaluate(t0)[0].state == "pending"
-    # An evaluation whose window holds none of that traffic: the condition broke.
-    assert ev.evaluate(t0 + timedelta(seconds=30), since=t0 + timedelta(seconds=1))[0].state == "ok"
-    # Held again from t0+70 s: 70 s after it first held, but only 0 s since it holds without a break.
-    assert ev.evaluate(t0 + timedelta(seconds=70))[0].state == "pending"
-    assert ev.evaluate(t0 + timedelta(seconds=129))[0].state == "pending"
-    assert ev.evaluate(t0 + timedelta(seconds=130))[0].state == "firing"
+    # An evaluation whose window holds none of that traffic (the record is per minute: a window that starts a
+    # minute later): the condition broke.
+    assert ev.evaluate(t0 + timedelta(seconds=90), since=t0 + timedelta(seconds=61))[0].state == "ok"
+    # Held again from t0+150 s: 150 s after it first held, but only 0 s since it holds without a break.
+    assert ev.evaluate(t0 + timedelta(seconds=150))[0].state == "pending"
+    assert ev.evaluate(t0 + timedelta(seconds=209))[0].state == "pending"
+    assert ev.evaluate(t0 + timedelta(seconds=210))[0].state == "firing"
 
 
 def test_error_rate_on_the_new_column_fires_an_alert(migrated: Migrated) -> None:  # noqa: F811

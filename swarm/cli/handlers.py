@@ -166,8 +166,15 @@ def validate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def rollout(args: argparse.Namespace, cfg: Config) -> int:
-    code, r = commands.rollout(cfg, percent=args.percent, auto=args.auto, out=out)
-    if not args.auto:
+    use_new = None if args.use_new is None else args.use_new == "true"
+    code, r = commands.rollout(cfg, percent=args.percent, auto=args.auto, use_new=use_new, out=out)
+    if use_new is not None:
+        out(
+            "new column "
+            + ("enabled: searches follow the share" if use_new else "disabled: every search goes to legacy")
+            + " (swarm.settings.use_new_embeddings)"
+        )
+    elif not args.auto:
         out(
             f"migration {r['migration']}: {r['previous']:g}% -> {r['percent']:g}% of queries on the new column"
             + ("" if cfg.rollout.use_new else " (USE_NOMIC_EMBEDDINGS=false: every query still goes to legacy)")
@@ -182,18 +189,25 @@ def rollout(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def search(args: argparse.Namespace, cfg: Config) -> int:
-    r = commands.search(cfg, args.query, k=args.k, caller=args.caller)
+    where: dict[str, str] = {}
+    for item in args.where:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--where {item!r}: write COLUMN=VALUE")
+        where[name] = value
+    r = commands.search(cfg, args.query, k=args.k, caller=args.caller, where=where, columns=tuple(args.column))
     if args.json:
-        out(json.dumps(r.as_dict(), indent=2))
+        out(json.dumps(r.as_dict(), indent=2, default=str))
         return EXIT_OK
     out(f"{r.arm} column ({r.percent:g}% rollout{', fallback' if r.fallback else ''}), {r.latency_ms:.1f} ms")
-    for rank, (key, dist) in enumerate(zip(r.ids, r.distances, strict=True), 1):
-        out(f"{rank:>3}. id {key}  distance {dist:.4f}")
+    for rank, row in enumerate(r.rows, 1):
+        extra = "".join(f"  {k}={v}" for k, v in row.columns.items())
+        out(f"{rank:>3}. id {row.id}  distance {row.distance:.4f}{extra}")
     return EXIT_OK
 
 
 def serve(args: argparse.Namespace, cfg: Config) -> int:
-    commands.serve(cfg, host=args.host, port=args.port, out=out)
+    commands.serve(cfg, host=args.host, port=args.port, token=args.token, out=out)
     return EXIT_OK
 
 

@@ -101,18 +101,28 @@ def _rollout(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--percent", type=float, help="share of queries for the new column, 0..100")
     g.add_argument("--auto", action="store_true", help="step through [rollout].steps; roll back on failure")
+    g.add_argument(
+        "--use-new",
+        choices=["true", "false"],
+        help="the kill switch in the database: false sends every query (routers and swarm.arm) to legacy",
+    )
 
 
 def _search(p: argparse.ArgumentParser) -> None:
     p.add_argument("query")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--caller", default=None, help="caller key: the same key always gets the same arm")
+    p.add_argument(
+        "--where", action="append", default=[], metavar="COLUMN=VALUE", help="only rows where COLUMN = VALUE"
+    )
+    p.add_argument("--column", action="append", default=[], metavar="COLUMN", help="also show this column")
     p.add_argument("--json", action="store_true")
 
 
 def _serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default=None, help="bearer token required on every request (default: $SWARM_SERVE_TOKEN)")
 
 
 def _decommission(p: argparse.ArgumentParser) -> None:
@@ -157,7 +167,7 @@ COMMANDS: list[Command] = [
     Command(
         "search", "search the table through the router (legacy or new column by the rollout share)", _search, h.search
     ),
-    Command("serve", "HTTP search endpoint: POST /search, GET /health (JSON)", _serve, h.serve),
+    Command("serve", "HTTP search endpoint: POST /search, GET /health, GET /metrics", _serve, h.serve),
     Command(
         "decommission",
         "after a full rollout: archive the legacy embeddings and drop the legacy column",

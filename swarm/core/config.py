@@ -227,6 +227,15 @@ class RolloutConfig(_Section):
     use_new: bool = Field(default=True, description="USE_NOMIC_EMBEDDINGS=false sets this to false")
     auto: bool = Field(default=False, description="orchestrate steps through `steps` after validation passes")
     queries_per_step: int = Field(default=200, ge=1, description="replayed queries per step when there is no traffic")
+    record_sample: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="share of searches whose latency and outcome are recorded (every search is counted)",
+    )
+    query_log_days: float = Field(
+        default=7.0, gt=0, description="days the per-minute search record (swarm.query_rollup) is kept"
+    )
 
     @field_validator("steps")
     @classmethod
@@ -234,6 +243,29 @@ class RolloutConfig(_Section):
         if not v or any(not 0 < s <= 100 for s in v) or v != sorted(set(v)):
             raise ValueError("steps must be increasing percentages in 1..100, e.g. [10, 25, 50, 100]")
         return v
+
+
+class ServingConfig(_Section):
+    """How a router (an application's, ``swarm serve``'s) reaches the database and sheds load."""
+
+    pool_size: int = Field(
+        default=4, ge=1, le=100, description="most database connections one router (one `swarm serve`) opens"
+    )
+    pool_min: int = Field(default=1, ge=0, le=100, description="connections kept open when idle")
+    pool_timeout_s: float = Field(
+        default=3.0, gt=0, le=600, description="wait for a free connection this long, then answer 503 (overloaded)"
+    )
+    max_inflight: int = Field(
+        default=256, ge=1, description="`swarm serve`: searches in progress beyond this are answered 503 at once"
+    )
+    max_body_bytes: int = Field(default=65_536, ge=256, description="`swarm serve`: larger bodies get 413")
+    share_ttl_s: float = Field(default=1.0, gt=0, le=60, description="how old a router's view of the share may be")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ServingConfig:
+        if self.pool_min > self.pool_size:
+            raise ValueError(f"pool_min {self.pool_min} must be <= pool_size {self.pool_size}")
+        return self
 
 
 class Config(BaseSettings):
@@ -250,6 +282,7 @@ class Config(BaseSettings):
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     # Where the file came from, so relative paths resolve against the project, not the cwd of a Ray worker.
     source: str = Field(default="", exclude=True)
     root: str = Field(default="", exclude=True)
@@ -351,14 +384,15 @@ def _raise_config_error(exc: ValidationError, source: str) -> None:
     raise ConfigError(f"{where}{key}", err.get("input"), _fix_for(err)) from None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, *, default_file: bool = True, **overrides: Any) -> Config:
     """Load a TOML config (default ``configs/demo.toml`` when it exists) with environment overrides.
 
-    ``overrides`` are nested dicts merged over the file (``swarm={"migrators": 4}``), for scripted use.
+    ``overrides`` are nested dicts merged over the file (``swarm={"migrators": 4}``), for scripted use;
+    ``default_file=False`` with no ``path`` starts from the defaults instead of ``configs/demo.toml``.
     """
     data: dict[str, Any] = {}
     source = ""
-    if path is None and Path(DEFAULT_CONFIG).exists():
+    if path is None and default_file and Path(DEFAULT_CONFIG).exists():
         path = DEFAULT_CONFIG
     root = Path.cwd()
     if path is not None:

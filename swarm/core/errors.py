@@ -84,6 +84,21 @@ class DatabaseError(SwarmError):
     exit_code = EXIT_USAGE
 
 
+class DatabaseUnavailable(DatabaseError):
+    """Not one connection to the database could be opened in time (the server is away or refuses)."""
+
+    exit_code = EXIT_FAILED
+
+
+class Overloaded(SwarmError):
+    """No database connection came free in time: the search was shed, nothing was opened beyond the pool.
+
+    ``swarm serve`` answers 503 with ``Retry-After``; an application may retry after a short pause.
+    """
+
+    exit_code = EXIT_FAILED
+
+
 class MigrationError(SwarmError):
     """A migration could not go on (a shard failed past its retries, a gate failed, ...)."""
 

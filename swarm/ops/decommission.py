@@ -36,6 +36,7 @@ from psycopg import sql
 from swarm import migration as mig
 from swarm.core.errors import MigrationError, UsageError
 from swarm.core.log import get_logger
+from swarm.ops import cutover
 from swarm.store.db import Database
 from swarm.store.sql import Target, regclass_text, split_table
 
@@ -221,7 +222,11 @@ def _archive(db: Database, cfg: Config, m: mig.Migration, at: Target, batch_rows
     }
 
 
-def _ddl(m: mig.Migration, indexes: list[str], *, rename: bool, stop_following: bool) -> list[sql.Composable]:
+def _ddl(
+    m: mig.Migration, indexes: list[str], *, cutover: list[sql.Composable], stop_following: bool
+) -> list[sql.Composable]:
+    """The one DDL transaction: drop the capture trigger, the legacy indexes and column; with ``cutover`` (the
+    statements of :func:`swarm.ops.cutover.statements_in`) the new column takes the legacy name right after."""
     t = m.target
     schema = split_table(t.table)[0]
 
@@ -233,18 +238,11 @@ def _ddl(m: mig.Migration, indexes: list[str], *, rename: bool, stop_following: 
     ddl.append(t.drop_column(t.legacy_column))
     if stop_following:
         ddl += t.drop_sync(m.id)
-    if rename:
-        renamed = replace(t, new_column=t.legacy_column)
-        ddl.append(sql.SQL("ALTER TABLE {t} RENAME COLUMN {new} TO {legacy}").format(t=t.t, new=t.new, legacy=t.legacy))
-        if m.index_name:
-            ddl.append(
-                sql.SQL("ALTER INDEX IF EXISTS {old} RENAME TO {new}").format(
-                    old=ident(m.index_name), new=sql.Identifier(renamed.index_name(m.id))
-                )
-            )
+    if cutover:
+        ddl += cutover
         if not stop_following:
             # The sync trigger's body names the column: the same trigger, its body for the column's new name.
-            ddl.append(renamed.create_sync_function(m.id))
+            ddl.append(replace(t, new_column=t.legacy_column).create_sync_function(m.id))
     return ddl
 
 
@@ -286,10 +284,11 @@ def decommission(
     result.update(db.run(lambda c: {"legacy": mig.verify_legacy(c, m)}, what="verify_legacy"))
     result.update(_archive(db, cfg, m, at, batch_rows))
     indexes = db.run(lambda c: legacy_indexes(c, m), what="indexes")
+    renames = db.run(lambda c: cutover.statements_in(c, m, dropping=indexes), what="cutover") if rename else []
     ddl_t0 = time.monotonic()
     result["ddl_attempts"] = mig.run_ddl(
         db,
-        _ddl(m, indexes, rename=rename, stop_following=stop_following),
+        _ddl(m, indexes, cutover=renames, stop_following=stop_following),
         lock_timeout_ms=cfg.swarm.lock_timeout_ms,
         retries=3 * cfg.swarm.ddl_retries + 10,
     )
@@ -314,7 +313,7 @@ def decommission(
                 [
                     "unfollowed" if stop_following else "decommissioned",
                     now_t.new_column,
-                    now_t.index_name(m.id) if rename and m.index_name else m.index_name,
+                    cutover.index_name_for(m) if rename and m.index_name else m.index_name,
                     m.id,
                 ],
             )

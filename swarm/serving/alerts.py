@@ -8,9 +8,11 @@ A rule::
       severity: warning                 # info | warning | critical
       arm: new                          # optional: new | legacy | all (default)
 
-Metrics, over ``swarm.query_log`` in the evaluation window (the last ``lookback`` seconds, or since a rollout
-step began): ``p50_latency``, ``p95_latency``, ``p99_latency`` (embedding + search, what a caller waits),
-``p95_search_latency``, ``p95_embed_latency`` (ms; ``ms`` or ``s`` units), ``error_rate``, ``cache_hit_rate``
+Metrics, over the search record (``swarm.query_rollup``, per minute: :mod:`swarm.store.querylog`) in the
+evaluation window (the minutes that overlap the last ``lookback`` seconds, or the time since a rollout step
+began): ``p50_latency``, ``p95_latency``, ``p99_latency`` (embedding + search, what a caller waits),
+``p95_search_latency``, ``p95_embed_latency`` (ms; ``ms`` or ``s`` units; read from the record's fixed
+latency histograms, interpolated inside a bucket as Prometheus does), ``error_rate``, ``cache_hit_rate``
 (fractions; ``%`` allowed), ``queries``.
 
 Semantics are Prometheus' ``for:``: an evaluation where the condition holds makes the rule *pending*; it
@@ -38,7 +40,7 @@ from swarm.core.log import get_logger
 if TYPE_CHECKING:
     import psycopg
 
-    from swarm.store.db import Database
+    from swarm.store.pool import Runner
 
 log = get_logger()
 
@@ -194,8 +196,8 @@ def measure(
     migration_id: int | None = None,
     sources: tuple[str, ...] | None = None,
 ) -> dict[str, float | None]:
-    """Every metric of :data:`METRICS` over ``swarm.query_log`` rows in [since, until] of ``arm``."""
-    from swarm.serving.router import arm_stats
+    """Every metric of :data:`METRICS` over the record's minutes that overlap [since, until], of ``arm``."""
+    from swarm.store.querylog import arm_stats
 
     per_arm = arm_stats(conn, since=since, until=until, migration_id=migration_id, sources=sources)
     if arm != "all":
@@ -204,7 +206,7 @@ def measure(
         return {m: None for m in METRICS} | {"queries": 0.0}
     if len(per_arm) == 1:
         return _metrics_from(next(iter(per_arm.values())))
-    # Several arms: percentiles need the raw rows, not per-arm percentiles.
+    # Several arms: percentiles of the summed histograms, not of per-arm percentiles.
     both = arm_stats(conn, since=since, until=until, migration_id=migration_id, sources=sources, per_arm=False)
     return _metrics_from(both["all"])
 
@@ -262,7 +264,7 @@ class AlertEvaluator:
     def __init__(
         self,
         rules: list[Rule],
-        db: Database,
+        db: Runner,
         *,
         migration_id: int | None = None,
         webhook_url: str = "",

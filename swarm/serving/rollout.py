@@ -8,8 +8,9 @@ records the change in ``swarm.events``. ``auto`` steps through ``[rollout].steps
    ``window_seconds`` (the demo has no real traffic; real searches recorded meanwhile count too), with sticky
    callers ``replay-0 .. replay-N``, so a caller on the new column stays there as the share grows,
 3. evaluates the alert rules during the window,
-4. checks the step's gates on the new arm from ``swarm.query_log``: error rate <=
-   ``validation.max_error_rate``, p95 search latency <= ``validation.max_p95_latency_ms``.
+4. checks the step's gates on the new arm from the search record (``swarm.query_rollup``, the searches made
+   at this step's share since it began): error rate <= ``validation.max_error_rate``, p95 search latency <=
+   ``validation.max_p95_latency_ms``.
 
 A failed gate, or an ``error_rate`` alert firing, ends the rollout with failures (the caller rolls back).
 Another alert firing holds the step for up to :data:`HOLD_WINDOWS` more windows of traffic; still firing after
@@ -29,6 +30,7 @@ from swarm.core.log import get_logger
 from swarm.quality import Query
 from swarm.serving.alerts import AlertEvaluator, Rule, load_rules
 from swarm.store.db import Database
+from swarm.store.pool import Runner
 
 if TYPE_CHECKING:
     from swarm.core.config import Config
@@ -37,11 +39,11 @@ if TYPE_CHECKING:
 log = get_logger()
 
 HOLD_WINDOWS = 3
-#: query_log sources that are traffic (validation measures itself and is not recorded there).
+#: Record sources that are traffic (validation measures itself and is not recorded).
 TRAFFIC = ("replay", "search", "serve")
 
 
-def set_percent(db: Database, m: mig.Migration, percent: float, *, reason: str | None = None) -> float:
+def set_percent(db: Runner, m: mig.Migration, percent: float, *, reason: str | None = None) -> float:
     """Set the share of queries served by the new column; returns the previous share.
 
     Refused for a migration that was rolled back or failed, or whose new column is not complete yet (before
@@ -187,7 +189,8 @@ def auto(
                 since,
                 report,
             )
-            report.arms = db.run(lambda c, t=since: _step_stats(c, m.id, t), what="step_stats")
+            router.flush()  # the step's searches are in the record before the gates read it
+            report.arms = db.run(lambda c, t=since, p=step: _step_stats(c, m.id, t, p), what="step_stats")
             report.failures = step_gates(report.arms, cfg)
             states = evaluator.evaluate(since=since)
             firing = [s for s in states if s.state == "firing"]
@@ -226,10 +229,10 @@ def auto(
     return {"failures": [], "percent": percent, "steps": [s.as_dict() for s in steps]}
 
 
-def _step_stats(conn: Any, mid: int, since: datetime) -> dict[str, dict[str, Any]]:
-    from swarm.serving.router import arm_stats
+def _step_stats(conn: Any, mid: int, since: datetime, percent: float) -> dict[str, dict[str, Any]]:
+    from swarm.store.querylog import arm_stats
 
-    stats = arm_stats(conn, since=since, migration_id=mid, sources=TRAFFIC)
+    stats = arm_stats(conn, since=since, migration_id=mid, sources=TRAFFIC, percent=percent)
     return {arm: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()} for arm, s in stats.items()}
 
 
@@ -254,7 +257,7 @@ def _replay(
         cursor += 1
         try:
             router.search(q.text, caller=f"replay-{i % n_callers}")
-        except SwarmError as e:  # both arms failed; on record in query_log, counted by the gates
+        except SwarmError as e:  # both arms failed (on record, counted by the gates), or shed
             log.warning("rollout.replay_failed", error=str(e)[:200])
         report.replayed += 1
         now = time.monotonic()

@@ -112,3 +112,162 @@ def run_search(
         if ann is not None:
             conn.execute(Target.search_settings(), ann.params(k))
         return conn.execute(query, [vec, vec, int(k)]).fetchall()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Searches with filters and the row's columns (the application's API)
+# ------------------------------------------------------------------------------------------------------------
+#: The first pgvector with iterative index scans (``hnsw.iterative_scan``, ``ivfflat.iterative_scan``).
+ITERATIVE_SCAN = (0, 8)
+Scalar = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A k-nearest search with ``WHERE column = value`` filters and extra output columns.
+
+    ``sql`` takes ``params(vec, k)``: the query vector, the filter values in order, the vector again, k.
+    Output columns: the key as text, the distance, then ``columns`` in order.
+    """
+
+    sql: sql.Composed
+    exact_sql: sql.Composed
+    filters: tuple[Any, ...] = ()
+    columns: tuple[str, ...] = ()
+    filtered: bool = False
+
+    def params(self, vec: Any, k: int) -> list[Any]:
+        return [vec, *self.filters, vec, int(k)]
+
+    def exact_params(self, vec: Any, k: int) -> list[Any]:
+        return [vec, *self.filters, int(k)]
+
+
+def build_search(
+    target: Target,
+    column: str,
+    column_type: str,
+    dim: int,
+    *,
+    where: dict[str, Scalar | list[Scalar] | tuple[Scalar, ...]] | None = None,
+    columns: tuple[str, ...] = (),
+    types: dict[str, str],
+    require: str | None = None,
+) -> SearchQuery:
+    """The search of :meth:`Target.search` with filters and columns of the table.
+
+    ``types`` maps the table's columns to their types as the server's catalog names them (``format_type``);
+    every name in ``where`` and ``columns`` must be among them (the caller checks and says which is not), so
+    identifiers come from the catalog and each value goes as a parameter cast to its column's type. A value
+    ``None`` is ``IS NULL``, a list or tuple is ``= ANY``.
+    """
+    parts: list[sql.Composable] = [sql.SQL("{c} IS NOT NULL").format(c=sql.Identifier(column))]
+    if require:
+        parts.append(sql.SQL("{} IS NOT NULL").format(sql.Identifier(require)))
+    values: list[Any] = []
+    for name, value in (where or {}).items():
+        ident, ty = sql.Identifier(name), sql.SQL(types[name])  # the type is the catalog's, never user text
+        if value is None:
+            parts.append(sql.SQL("{} IS NULL").format(ident))
+        elif isinstance(value, (list, tuple)):
+            parts.append(sql.SQL("{} = ANY(CAST(%s AS {}[]))").format(ident, ty))
+            values.append([_text(v) for v in value])
+        else:
+            parts.append(sql.SQL("{} = CAST(%s AS {})").format(ident, ty))
+            values.append(_text(value))
+    extra = sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in columns)
+    names = {
+        "id": target.id,
+        "col": sql.Identifier(column),
+        "ty": sql.SQL(column_type),
+        "dim": sql.Literal(int(dim)),
+        "extra": extra,
+        "t": target.t,
+        "w": sql.SQL(" AND ").join(parts),
+    }
+    q = sql.SQL(
+        "SELECT {id}::text AS swarm_key, {col} <=> CAST(%s AS {ty}({dim})) AS swarm_distance{extra} FROM {t} "
+        "WHERE {w} ORDER BY {col} <=> CAST(%s AS {ty}({dim})) LIMIT %s"
+    ).format(**names)
+    # The same rows by exact distance: OFFSET 0 keeps ORDER BY/LIMIT out of the scan, so no ANN index can serve
+    # it (whatever the planner settings); a b-tree on the filter still can.
+    exact = sql.SQL(
+        "SELECT * FROM (SELECT {id}::text AS swarm_key, {col} <=> CAST(%s AS {ty}({dim})) AS swarm_distance{extra} "
+        "FROM {t} WHERE {w} OFFSET 0) swarm_rows ORDER BY swarm_distance LIMIT %s"
+    ).format(**names)
+    return SearchQuery(q, exact, tuple(values), tuple(columns), bool(where))
+
+
+def _text(v: Scalar) -> str | None:
+    # Sent as text and cast by the server to the column's type: '42' to bigint, 'true' to boolean, ...
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _settings(ann: AnnSettings | None, k: int, iterative: bool) -> list[tuple[sql.Composable, list[str]]]:
+    out: list[tuple[sql.Composable, list[str]]] = []
+    if ann is not None:
+        out.append((Target.search_settings(), ann.params(k)))
+    if iterative:
+        # pgvector >= 0.8: keep scanning the index until k rows pass the filter (relaxed order: re-sorted below).
+        out.append(
+            (
+                sql.SQL(
+                    "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                    "set_config('ivfflat.iterative_scan', 'relaxed_order', true)"
+                ),
+                [],
+            )
+        )
+    return out
+
+
+def run_query(
+    conn: psycopg.Connection, q: SearchQuery, vec: Any, k: int, ann: AnnSettings | None, *, iterative: bool
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """Run a :class:`SearchQuery` in its own transaction with its settings ``SET LOCAL``. Returns (rows sorted
+    by distance, exact) where ``exact`` says the ANN scan gave fewer than k rows under a filter and the search
+    was repeated exactly, so a filtered search returns k rows whenever k rows match."""
+    with conn.transaction():
+        for stmt, params in _settings(ann, k, iterative):
+            conn.execute(stmt, params)
+        rows = conn.execute(q.sql, q.params(vec, k)).fetchall()
+        exact = False
+        if q.filtered and len(rows) < k:
+            rows = conn.execute(q.exact_sql, q.exact_params(vec, k)).fetchall()
+            exact = True
+    return sorted(rows, key=lambda r: r[1]), exact
+
+
+async def arun_query(
+    conn: psycopg.AsyncConnection, q: SearchQuery, vec: Any, k: int, ann: AnnSettings | None, *, iterative: bool
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """The async twin of :func:`run_query`."""
+    async with conn.transaction():
+        for stmt, params in _settings(ann, k, iterative):
+            await conn.execute(stmt, params)
+        rows = await (await conn.execute(q.sql, q.params(vec, k))).fetchall()
+        exact = False
+        if q.filtered and len(rows) < k:
+            rows = await (await conn.execute(q.exact_sql, q.exact_params(vec, k))).fetchall()
+            exact = True
+    return sorted(rows, key=lambda r: r[1]), exact
+
+
+def table_columns(conn: psycopg.Connection, regclass_text: str) -> dict[str, str]:
+    """The table's columns and their types (``format_type``), from the catalog."""
+    return dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [regclass_text],
+        ).fetchall()
+    )
+
+
+def pgvector_version(conn: psycopg.Connection) -> str | None:
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    return row[0] if row else None

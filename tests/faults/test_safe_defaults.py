@@ -187,8 +187,7 @@ def test_serve_listens_on_loopback_by_default(make_config: Any, dsn: str, safegu
         local, remote = _answers("127.0.0.1", port), bool(ip) and _answers(ip, port)
     finally:
         server.shutdown()
-        server.server_close()
-        server.router.close()
+        server.close()
     g = safeguard(
         "swarm serve on 127.0.0.1",
         f"`serve --host` defaults to {default_host}; server bound to {host}:{port}; answers on "
