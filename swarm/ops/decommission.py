@@ -134,8 +134,14 @@ def _drain(cfg: Config, db: Database, m: mig.Migration) -> int:
             vectors, errors = embedder.embed_many(texts, truncated=long)
             return vectors, errors, len(long)
 
-        while mig.drain_changes(db, m, embed, worker="decommission", limit=cfg.embedding.batch_size)[0]:
-            pass
+        # What was queued when the decommission began; the application keeps queueing, and the follow mode
+        # embeds that afterwards (chasing it here would never end under steady writes).
+        done = 0
+        while done < queued:
+            n = mig.drain_changes(db, m, embed, worker="decommission", limit=cfg.embedding.batch_size)[0]
+            if not n:
+                break
+            done += n
     after = db.run(lambda c: c.execute(m.target.count_missing(), [m.id]).fetchone()[0], what="missing")
     return int(before) - int(after)
 

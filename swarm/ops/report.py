@@ -326,6 +326,7 @@ def markdown(data: dict[str, Any], chart_paths: dict[str, str], out_dir: Path) -
         f"- **Legacy checksum at plan**: `{m.get('legacy_checksum')}`",
         "",
     ]
+    lines += _table_md(st)
     v = data.get("validation")
     if v:
         lines += _validation_md(v, data.get("rounds") or [])
@@ -391,6 +392,32 @@ def markdown(data: dict[str, Any], chart_paths: dict[str, str], out_dir: Path) -
             lines.append(f"![{name}]({Path(path).relative_to(out_dir)})")
         lines.append("")
     return "\n".join(lines)
+
+
+def _table_md(st: dict[str, Any]) -> list[str]:
+    """The live table: the legacy column proved row by row, the follow lag, the table's sizes at each step."""
+    out: list[str] = []
+    check = st.get("legacy_check") or {}
+    if check:
+        verdict = {True: "untouched by swarm", False: "CHANGED", None: "not proved"}[check.get("legacy_intact")]
+        out.append(
+            f"- **Legacy column**: {verdict}: {check.get('legacy_rows_unchanged', '-')} rows hash as at the plan, "
+            f"{check.get('rows_changed_by_application', '-')} changed by the application, "
+            f"{check.get('rows_inserted', '-')} inserted, {check.get('rows_deleted', '-')} deleted"
+        )
+    lag = st.get("follow_lag") or {}
+    if lag:
+        out.append(
+            f"- **Follow lag**: {lag.get('queued')} changed rows queued, oldest {_f(lag.get('oldest_seconds'), 1)} s"
+            + (" (FALLING BEHIND)" if lag.get("falling_behind") else "")
+        )
+    sizes = st.get("sizes") or {}
+    if sizes:
+        out += ["", "| when | table (MB) | indexes (MB) |", "|---|---|---|"]
+        for when, sz in sizes.items():
+            mb = [(sz.get(k) or 0) / 2**20 for k in ("table_bytes", "index_bytes")]
+            out.append(f"| {when} | {mb[0]:,.1f} | {mb[1]:,.1f} |")
+    return [*out, ""] if out else []
 
 
 def _validation_md(v: dict[str, Any], rounds: list[dict[str, Any]]) -> list[str]:

@@ -14,6 +14,8 @@ import io
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -281,6 +283,16 @@ def toml_for(sections: dict[str, dict[str, Any]]) -> str:
         for k, v in values.items():
             lines.append(f"{k} = {json.dumps(v)}")
     return "\n".join(lines) + "\n"
+
+
+def start_writer(
+    dsn: str, table: str, out: str | Path, *, rows: int, rate: float, until: str, seconds: float, seed: int
+) -> subprocess.Popen[bytes]:
+    """The application in another process (tests/support/writer.py): updates, inserts and deletes ``table`` at
+    ``rate`` changes/s until ``until`` (``index``, ``seconds``, ``never``), each change logged to ``out``."""
+    args = ["--dsn", dsn, "--table", table, "--ids", f"1-{rows}", "--rate", str(rate), "--until", until]
+    args += ["--seconds", str(seconds), "--seed", str(seed), "--out", str(out)]
+    return subprocess.Popen([sys.executable, "-m", "tests.support.writer", *args], cwd=REPO, env=cli_env())
 
 
 def cli_env() -> dict[str, str]:

@@ -10,8 +10,6 @@ with validators, the validation and the rollout steps come after the last drain 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -20,40 +18,10 @@ import pytest
 
 from swarm import commands
 from swarm import migration as mig
-from tests.faults.harness import REPO, cli_env, create_docs, status_when, tally
+from tests.faults.harness import create_docs, start_writer, status_when, tally
 
 ROWS = 400
 RATE = 5.0
-
-
-def _writer(
-    env: Any, table: str, out: str, *, until: str, seconds: float, seed: int, rows: int
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.writer",
-            "--dsn",
-            env.plain_dsn,
-            "--table",
-            table,
-            "--ids",
-            f"1-{rows}",
-            "--rate",
-            str(RATE),
-            "--until",
-            until,
-            "--seconds",
-            str(seconds),
-            "--seed",
-            str(seed),
-            "--out",
-            out,
-        ],
-        cwd=REPO,
-        env=cli_env(),
-    )
 
 
 @pytest.mark.chaos
@@ -69,7 +37,7 @@ def test_application_writes_during_the_migration(fresh_swarm: Any, fresh_embedde
     expected = create_docs(conn, "k_live", ROWS, seed=41)
     cfg = env.make("k_live")
     changes = env.root / "k_live.json"
-    app = _writer(env, "k_live", str(changes), until="index", seconds=900, seed=41, rows=ROWS)
+    app = start_writer(env.plain_dsn, "k_live", changes, rows=ROWS, rate=RATE, until="index", seconds=900, seed=41)
     try:
         time.sleep(2)  # the application is already busy when the migration starts
         code = commands.orchestrate(cfg, progress=False)
@@ -110,7 +78,7 @@ def test_rows_changed_after_completion_get_their_vectors(fresh_swarm: Any, fresh
     cfg = env.make("k_after")
     assert commands.orchestrate(cfg, progress=False) == 0
     changes = env.root / "k_after.json"
-    app = _writer(env, "k_after", str(changes), until="seconds", seconds=8, seed=42, rows=120)
+    app = start_writer(env.plain_dsn, "k_after", changes, rows=120, rate=RATE, until="seconds", seconds=8, seed=42)
     assert app.wait(timeout=60) == 0
     # The coordinator follows the table: the queue empties by itself within a few follow intervals.
     status_when(cfg, lambda s: s["pending_changes"] == 0, 120, "the follow mode to embed the changes")

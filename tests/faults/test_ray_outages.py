@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,37 +23,9 @@ import pytest
 from swarm import commands
 from swarm import migration as mig
 from swarm.store.embedded import pg_ctl_embedded
-from tests.faults.harness import REPO, actor_pid, cli_env, create_docs, status_when, tally, wait_for
+from tests.faults.harness import actor_pid, create_docs, start_writer, status_when, tally, wait_for
 
 ROWS = 300
-
-
-def _writer(env: Any, table: str, out: Path, *, rate: float, rows: int, seed: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.writer",
-            "--dsn",
-            env.plain_dsn,
-            "--table",
-            table,
-            "--ids",
-            f"1-{rows}",
-            "--rate",
-            str(rate),
-            "--until",
-            "never",
-            "--seconds",
-            "1200",
-            "--seed",
-            str(seed),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env=cli_env(),
-    )
 
 
 def _finish(env: Any, cfg: Any, out: Any, embedder: Any, expected: Any = None) -> tuple[dict[str, Any], Any]:
@@ -82,7 +52,7 @@ def test_steady_writes_through_completion_on_the_swarm(fresh_swarm: Any, fresh_e
         expected = create_docs(conn, "k_steady", ROWS, seed=71)
     cfg = env.make("k_steady", swarm={"max_rows_per_second": 0, "follow_interval_s": 1.0, "settle_seconds": 3.0})
     changes = env.root / "k_steady.json"
-    app = _writer(env, "k_steady", changes, rate=22, rows=ROWS, seed=71)
+    app = start_writer(env.plain_dsn, "k_steady", changes, rows=ROWS, rate=22, until="never", seconds=1200, seed=71)
     try:
         time.sleep(2)  # the application is already busy when the migration starts
         code = commands.orchestrate(cfg, progress=False)
