@@ -120,7 +120,15 @@ class Coordinator:
         return "coordinator"
 
     def info(self) -> dict[str, Any]:
-        return {"running": self.running(), "following": self.following(), "waiting": self.waiting}
+        from swarm.core.metrics import peak_rss_mb, rss_mb
+
+        return {
+            "running": self.running(),
+            "following": self.following(),
+            "waiting": self.waiting,
+            "rss_mb": round(rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
 
     # -- the shared embedding cache (agents.cache) ---------------------------------------------------------
     def cache_claim(self, owner: str, keys: list[bytes]) -> tuple[dict[bytes, Entry], list[bytes], list[bytes]]:

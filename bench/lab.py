@@ -110,6 +110,14 @@ class Lab:
         handles = [runtime.get_actor(n) for n in runtime.list_agents("data-migrator-")]
         return list(ray.get([h.info.remote() for h in handles if h is not None]))
 
+    def coordinator_info(self) -> dict[str, Any]:
+        import ray
+
+        from agents import runtime
+
+        handle = runtime.get_actor(runtime.COORDINATOR)
+        return dict(ray.get(handle.info.remote())) if handle is not None else {}
+
     # -- configs -------------------------------------------------------------------------------------------
     def config(self, dsn: str, table: str, **sections: dict[str, Any]) -> Config:
         """The user's config (knobs, env overrides) on the bench's database, Ray head and MiniLM models.

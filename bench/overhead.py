@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.lab import Lab, Run, create_docs_table, orchestrate_timed
 from bench.results import Result, Target, ratio
@@ -34,13 +34,15 @@ def fig_overhead(lab: Lab) -> list[Result]:
     commands.spawn(cfg0, "data-migrator", cfg0.swarm.migrators, rehearse=True)
     spawn_s = time.perf_counter() - t
     runs: dict[int, Run] = {}
+    coord: dict[int, dict[str, Any]] = {}  # the coordinator's memory after each size (it must not grow with them)
     for n in sizes:
         cfg = lab.config(dsn, f"rows_{n}")
         runs[n] = orchestrate_timed(cfg, f"bench: rehearsal {n}", rehearse=True)
         r = runs[n]
         if r.code != 0 or r.rows != n:
             raise SwarmError(f"the {n}-row rehearsal ended with exit code {r.code}, {r.rows}/{n} rows")
-        log.info("bench.overhead", rows=n, seconds=r.to_finish_s, phases=r.phases)
+        coord[n] = lab.coordinator_info()
+        log.info("bench.overhead", rows=n, seconds=r.to_finish_s, phases=r.phases, coordinator=coord[n])
     lab.kill_swarm()
     per_row = {n: (r.to_finish_s or r.wall_s) / n * 1e6 for n, r in runs.items()}
     base_n = sizes[0]
@@ -62,7 +64,8 @@ def fig_overhead(lab: Lab) -> list[Result]:
                 notes=(
                     f"orchestrate --rehearse on {n:,} rows with the swarm up ({sw.migrators} migrators, shard_rows "
                     f"{sw.shard_rows}, batch {cfg0.embedding.batch_size}): {r.to_finish_s or r.wall_s:.1f} s to "
-                    f"finished_at, backfill {back:.1f} s ({back / n * 1e6:.0f} µs/row)"
+                    f"finished_at, backfill {back:.1f} s ({back / n * 1e6:.0f} µs/row); coordinator RSS "
+                    f"{coord[n].get('rss_mb')} MB (peak {coord[n].get('peak_rss_mb')} MB)"
                 ),
                 details={
                     "rows": n,
@@ -72,6 +75,8 @@ def fig_overhead(lab: Lab) -> list[Result]:
                     "seed_seconds": seeded[n],
                     "spawn_seconds": round(spawn_s, 1),
                     "backfill_us_per_row": round(back / n * 1e6, 2),
+                    "coordinator_rss_mb": coord[n].get("rss_mb"),
+                    "coordinator_peak_rss_mb": coord[n].get("peak_rss_mb"),
                 },
             )
         )

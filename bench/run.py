@@ -32,6 +32,7 @@ and met its target, 1 otherwise (the table says which and why)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import signal
@@ -115,6 +116,9 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
     """
     figures = select_figures(only)
     sizes = Sizes.quick() if quick else Sizes()
+    if os.environ.get("SWARM_BENCH_OVERHEAD_ROWS"):  # e.g. 10000,10000000: the 10M-row rehearsal, outside CI
+        rows = tuple(int(x) for x in os.environ["SWARM_BENCH_OVERHEAD_ROWS"].split(","))
+        sizes = dataclasses.replace(sizes, overhead_rows=rows)
     out = Path(out_dir) if out_dir is not None else Path(cfg.root or ".") / "bench"
     machine = machine_info()
     started = time.perf_counter()

@@ -86,9 +86,12 @@ def test_decommission_archives_drops_and_reports(migrated: Migrated, tmp_path: P
             ).fetchall()
         }
         indexes = {x[0] for x in c.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'documents'")}
-        triggers = c.execute(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'documents'::regclass AND NOT tgisinternal"
-        ).fetchone()[0]
+        triggers = [
+            x[0]
+            for x in c.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'documents'::regclass AND NOT tgisinternal"
+            ).fetchall()
+        ]
         archive = {
             x[0]: x[1] for x in c.execute(f"SELECT id::text, embedding::text FROM {r['archive_table']}").fetchall()
         }
@@ -96,7 +99,9 @@ def test_decommission_archives_drops_and_reports(migrated: Migrated, tmp_path: P
         phase = c.execute("SELECT phase FROM swarm.migrations WHERE id = %s", [m.id]).fetchone()[0]
     assert "embedding" not in columns and "nomic_embedding" in columns
     assert "documents_embedding_idx" not in indexes and r["dropped_indexes"] == ["documents_embedding_idx"]
-    assert triggers == 0
+    # The sync trigger stays: the swarm keeps following the table, so the new column stays fresh (the archive's
+    # capture trigger is gone with the legacy column).
+    assert triggers == [f"swarm_sync_{m.id}"], triggers
     assert archive == legacy_before
     assert r["archived_rows"] == 60 and r["archive_checksum"] == r["legacy_checksum"] == migrated.legacy_checksum
     assert phase == "decommissioned"
