@@ -35,6 +35,7 @@ import psycopg
 
 from agents.cache import Entry, SharedCache
 from agents.lag import LagMeter
+from agents.outage import DatabaseDown, db_call
 from agents.rounds import ValidationRounds
 from swarm import migration as mig
 from swarm.core.config import Config
@@ -61,10 +62,6 @@ def _is_worker_death(e: BaseException) -> bool:
         return isinstance(e, (RayActorError, ActorDiedError, ActorUnavailableError))
     except ImportError:  # pragma: no cover
         return False
-
-
-class DatabaseDown(Exception):
-    """The database did not answer within ``swarm.db_retry_s``: the run pauses until it does."""
 
 
 @dataclass(frozen=True)
@@ -214,11 +211,7 @@ class Coordinator:
 
     # -- the run -------------------------------------------------------------------------------------------
     async def _db(self, fn: Callable[[psycopg.Connection], Any], what: str = "query") -> Any:
-        try:
-            return await asyncio.to_thread(self.db.run, fn, what=what)
-        except (psycopg.OperationalError, DatabaseError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise DatabaseDown(f"{type(e).__name__}: {first}") from e
+        return await db_call(self.db, fn, what)
 
     async def run(self, mid: int) -> dict[str, Any]:
         """Run migration ``mid`` until it completes, rolls back, fails or pauses for an operator. Through a

@@ -11,21 +11,20 @@ with a backoff and shown as the lag's ``last_error``.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from swarm import migration as mig
 from swarm.core.log import get_logger
 
-if TYPE_CHECKING:
-    from agents.coordinator import Coordinator
-
 log = get_logger()
+
+# ``coord`` below is the agents.coordinator.Coordinator that follows (not imported: it imports this module).
 
 #: One round drains for at most this long before it checks the migration's state again.
 ROUND_SECONDS = 10.0
 
 
-async def follow(coord: Coordinator, m: mig.Migration) -> None:
+async def follow(coord: Any, m: mig.Migration) -> None:
     interval = coord.cfg.swarm.follow_interval_s
     failures = 0
     log.info("migration.following", migration=m.id, interval_s=interval)
@@ -54,7 +53,7 @@ async def follow(coord: Coordinator, m: mig.Migration) -> None:
                 pass
 
 
-async def _drain_while_queued(coord: Coordinator, m: mig.Migration) -> None:
+async def _drain_while_queued(coord: Any, m: mig.Migration) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     while True:

@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from agents.outage import db_call
 from swarm import migration as mig
 from swarm.core.config import Config
 from swarm.core.errors import SwarmError
@@ -244,13 +245,7 @@ class ValidationRounds:
         return list(self.c.workers("validator"))
 
     async def _run_db(self, fn: Any, what: str) -> Any:
-        from agents.coordinator import DatabaseDown
-        from swarm.core.errors import DatabaseError
-
-        try:
-            return await asyncio.to_thread(self.db.run, fn, what=what)
-        except (psycopg.OperationalError, DatabaseError) as e:  # an outage pauses the run; it is no verdict
-            raise DatabaseDown(f"{type(e).__name__}: {e}") from e
+        return await db_call(self.db, fn, what)  # an outage pauses the run (DatabaseDown); it is no verdict
 
     async def maybe_round(self, m: mig.Migration) -> str | None:
         """Start a round when another ``every_percent`` of the rows is embedded; return why the backfill must

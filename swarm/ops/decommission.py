@@ -223,6 +223,7 @@ def _archive(db: Database, cfg: Config, m: mig.Migration, at: Target, batch_rows
         )
     return {
         "legacy_checksum": source,
+        "archive_checksum": archived,
         "archive_batches": batches,
         "archive_copy_seconds": round(time.monotonic() - started, 2),
     }

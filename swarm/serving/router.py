@@ -917,7 +917,7 @@ async def _async_share(router: _RouterBase, c: psycopg.AsyncConnection) -> Share
     if row is not None:
         share = dict(zip([d.name for d in cur.description or ()], row, strict=True))
         found = await (
-            await c.execute(f"SELECT {_COLUMNS} FROM swarm.migrations WHERE id = %s", [share["migration_id"]])
+            await c.execute(f"SELECT {_COLUMNS} FROM swarm.migrations m WHERE id = %s", [share["migration_id"]])
         ).fetchone()
         m = _from_row(found) if found else None
         use_new, percent = bool(share["use_new"]), float(share["percent"])
