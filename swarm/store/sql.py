@@ -435,8 +435,11 @@ END
         return sql.SQL("SELECT count(*) FROM {t}").format(t=self.t)
 
     def max_key(self) -> sql.Composed:
-        # ORDER BY ... DESC LIMIT 1, not max(): max() has no uuid variant (and this reads one index entry).
-        return sql.SQL("SELECT {id}::text FROM {t} ORDER BY {id} DESC LIMIT 1").format(id=self.id, t=self.t)
+        # ORDER BY ... DESC LIMIT 1, not max(): max() has no uuid variant (and this reads one index entry). The
+        # ordering is on the key itself, in a subquery: an outer ORDER BY "id" would sort the ::text output column.
+        return sql.SQL("SELECT k::text FROM (SELECT {id} AS k FROM {t} ORDER BY {id} DESC LIMIT 1) s").format(
+            id=self.id, t=self.t
+        )
 
     def shard_bounds(self) -> sql.Composed:
         """Every ``%(step)s``-th key in key order: the upper bounds of shards of equal row counts."""
