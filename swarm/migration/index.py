@@ -31,6 +31,17 @@ def index_settings(m: Migration) -> SwarmConfig:
     return SwarmConfig.model_validate({k: v for k, v in recorded.items() if k in SwarmConfig.model_fields})
 
 
+def resolve_method(method: str, dimension: int) -> str:
+    """``swarm.index`` with ``auto`` resolved: hnsw on the column up to 2000 dims, and above (see bench/highdim.py)."""
+    if method != "auto":
+        return method
+    return "hnsw" if dimension <= 2000 else HIGH_DIM_DEFAULT
+
+
+#: ``auto`` above 2000 dims.
+HIGH_DIM_DEFAULT = "hnsw"
+
+
 def build_index(
     db: Database, m: Migration, method: str, server: ServerInfo, swarm: SwarmConfig | None = None
 ) -> str | None:
@@ -42,6 +53,7 @@ def build_index(
     """
     if method == "none":
         return None
+    method = resolve_method(method, m.dimension)
     column_type, indexable = server.column_type(m.dimension)
     if not indexable:
         log.warning("index.skipped", dimension=m.dimension, reason="too many dimensions for an ANN index here")
