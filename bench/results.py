@@ -261,13 +261,17 @@ def _json_default(o: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Figure names and sizes
 # --------------------------------------------------------------------------------------------------------------
-FIGURES = ("embed", "pipeline", "rss", "search", "cache", "overhead")
+FIGURES = ("embed", "pipeline", "rss", "search", "highdim", "cache", "overhead")
 ALIASES = {
     "embed_ratio_vs_sentence_transformers": "embed",
     "pipeline_efficiency": "pipeline",
     "migrator_rss_mb": "rss",
     "search_p95_ms": "search",
     "search_recall_at_10": "search",
+    "highdim_index_mb": "highdim",
+    "highdim_build_s": "highdim",
+    "highdim_p95_ms": "highdim",
+    "highdim_recall_at_10": "highdim",
     "cache_hit_rate": "cache",
     "overhead_per_row_us": "overhead",
 }
@@ -303,6 +307,8 @@ class Sizes:
     search_rows: int = 100_000
     search_queries: int = 200
     search_exact_queries: int = 100
+    highdim_rows: int = 100_000
+    highdim_queries: int = 100
     cache_unique: int = 100
     cache_copies: int = 10
     overhead_rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)
@@ -317,6 +323,8 @@ class Sizes:
             search_rows=10_000,
             search_queries=50,
             search_exact_queries=30,
+            highdim_rows=5_000,
+            highdim_queries=30,
             cache_unique=30,
             overhead_rows=(2_000, 10_000, 40_000),
         )
@@ -327,6 +335,12 @@ TARGETS = {
     "pipeline": [("pipeline_efficiency", Target(">=", 0.90, "ratio"))],
     "rss": [("migrator_rss_mb", Target("<=", 400))],
     "search": [("search_p95_ms", Target("<=", 10)), ("search_recall_at_10", Target(">=", 0.95))],
+    "highdim": [
+        ("highdim_index_mb", Target("<=", 0.25, "ratio")),
+        ("highdim_build_s", Target("<=", 1.0, "ratio")),
+        ("highdim_p95_ms", Target("<=", 50)),
+        ("highdim_recall_at_10", Target(">=", 0.95)),
+    ],
     "cache": [("cache_hit_rate", Target(">=", 0.9))],
     "overhead": [("overhead_per_row_us", Target("within", 0.25, "ratio"))],
 }

@@ -18,9 +18,12 @@ Figures (``--only`` takes these names or the short aliases in brackets):
 4. ``search_p95_ms`` and ``search_recall_at_10`` [search]: swarm's search SQL through the ANN index swarm builds,
    on synthetic 384-dim vectors shaped like MiniLM's; ivfflat probes and hnsw ef_search are swept and the
    cheapest setting with recall@10 >= 0.95 is reported, next to exact search.
-5. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
+5. ``highdim_index_mb``, ``highdim_build_s``, ``highdim_p95_ms``, ``highdim_recall_at_10`` [highdim]: hnsw-bq
+   (hnsw on ``binary_quantize(v)::bit(3584)``, re-ranked by exact distance) next to hnsw on ``halfvec(3584)``,
+   100,000 synthetic vectors of nomic-embed-code's width (bench/highdim.py).
+6. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
    migration with the cache off (time saved).
-6. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
+7. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
    call to the migration's ``finished_at``, per row; each size against the smallest.
 
 Results go to ``bench/results.json`` and ``bench/results.md``. The exit code is 0 when every figure was measured
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.cache import fig_cache
 from bench.embed import fig_embed
+from bench.highdim import fig_highdim
 from bench.lab import Lab
 from bench.overhead import fig_overhead
 from bench.pipeline import fig_pipeline, fig_rss
@@ -69,6 +73,7 @@ RUNNERS: dict[str, Callable[[Lab], list[Result]]] = {
     "pipeline": fig_pipeline,
     "rss": fig_rss,
     "search": fig_search,
+    "highdim": fig_highdim,
     "cache": fig_cache,
     "overhead": fig_overhead,
 }

@@ -1,10 +1,10 @@
 """The real target end to end: nomic-embed-code's architecture migrated by the whole swarm (real Ray, real PostgreSQL).
 
 The new model is the random-weights qwen2 fixture (tests/fix_models.py) at nomic-embed-code's width, 3584, pooled by
-its last token, with configs/nomic-embed-code.toml's prefix and max_tokens. Its vectors mean nothing, so the
-validation gates are set so that a random model can pass them (any MRR drop, any overlap, a generous latency on
-this shared machine): the test is about the path (a halfvec(3584) column, its hnsw index, prefixes, the validator
-running on it), not about quality, which test_validation_rollback.py covers.
+its last token, with configs/nomic-embed-code.toml's prefix, max_tokens, index and rerank. Its vectors mean nothing,
+so the validation gates are set so that a random model can pass them (any MRR drop, any overlap, a generous latency
+on this shared machine): the test is about the path (a halfvec(3584) column, its hnsw-bq index, the default above
+2000 dims, prefixes, the validator running on it), not about quality, which test_validation_rollback.py covers.
 """
 
 from __future__ import annotations
@@ -33,14 +33,21 @@ def test_orchestrate_migrates_into_halfvec_with_hnsw_and_validates(
     from swarm.ops.demo import seed
     from swarm.serving.router import Router
 
-    target = load_config(REPO / "configs/nomic-embed-code.toml").embedding
+    shipped = load_config(REPO / "configs/nomic-embed-code.toml")
+    target = shipped.embedding
     cfg = make_config(
         embedding={
             **target.model_dump(include={"model", "dimension", "query_prefix", "document_prefix", "max_tokens"}),
             "model_path": str(qwen2_gguf),
             "batch_size": 8,
         },
-        swarm={"ray_address": swarm_actors["address"], "migrators": 1, "validators": 1, "shard_rows": 60},
+        swarm={
+            **shipped.swarm.model_dump(include={"index", "rerank"}),
+            "ray_address": swarm_actors["address"],
+            "migrators": 1,
+            "validators": 1,
+            "shard_rows": 60,
+        },
         # Gates a random model can pass: quality is not what this test is about (see the module docstring).
         validation={"max_mrr_drop": 1.0, "min_overlap_at_k": 0.0, "max_p95_latency_ms": 5_000},
     )
@@ -61,7 +68,8 @@ def test_orchestrate_migrates_into_halfvec_with_hnsw_and_validates(
         ).fetchone()[0]
         assert col == f"halfvec({QWEN2_DIM})"
         indexdef = c.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [m.index_name]).fetchone()[0]
-        assert "USING hnsw" in indexdef and "halfvec_cosine_ops" in indexdef
+        # index = "auto" (the shipped config): above 2000 dims, hnsw on the binary quantization, re-ranked.
+        assert "USING hnsw" in indexdef and "binary_quantize" in indexdef and "bit_hamming_ops" in indexdef
         validation = c.execute(
             "SELECT detail FROM swarm.events WHERE kind = 'validation' AND migration_id = %s", [m.id]
         ).fetchone()[0]
@@ -80,4 +88,5 @@ def test_orchestrate_migrates_into_halfvec_with_hnsw_and_validates(
     with LlamaEmbedder(qwen2_gguf, cache_size=0, n_threads=2) as plain:
         prefixed, bare = plain.embed([cfg.embedding.query_prefix + QUERY, QUERY])
     assert float(np.dot(got, prefixed)) > 0.999 and float(np.dot(got, bare)) < 0.99
-    assert len(r.ids) == 5
+    assert len(r.ids) == 5 and r.arm == "new"
+    assert mig.search_rerank(m, 5) == shipped.swarm.rerank  # the router searched the bit index, re-ranked

@@ -282,9 +282,10 @@ class Router:
             t0 = time.perf_counter()
             vec, cache_hit = self.arms[arm].embed(text)
             t1 = time.perf_counter()
-            q = target.search(column, ctype, dim, require=target.new_column if require_new else None)
+            rerank = mig.search_rerank(share.migration, k) if arm == "new" and share.migration else None
+            q = target.search(column, ctype, dim, require=target.new_column if require_new else None, rerank=rerank)
             # The swarm's ANN settings go with the index it built; the legacy column keeps the application's.
-            ann = AnnSettings.of(self.cfg) if arm == "new" else None
+            ann = AnnSettings.of(self.cfg, rerank=rerank) if arm == "new" else None
             rows = self.db.run(lambda c: run_search(c, q, vec, k, ann), what=f"search_{arm}")
             t2 = time.perf_counter()
             hit.ids = [r[0] for r in rows]

@@ -31,8 +31,10 @@ class AnnSettings:
     probes: int
 
     @classmethod
-    def of(cls, cfg: Config) -> AnnSettings:
-        return cls(cfg.swarm.ef_search, cfg.swarm.probes)
+    def of(cls, cfg: Config, *, rerank: int | None = None) -> AnnSettings:
+        """The config's settings; with ``rerank`` (an hnsw-bq search), ``ef_search`` raised to it, since an hnsw
+        scan returns at most ``ef_search`` candidates."""
+        return cls(max(cfg.swarm.ef_search, rerank or 0), cfg.swarm.probes)
 
     def params(self, k: int) -> list[str]:
         # An hnsw scan returns at most ef_search rows: never fewer than the k asked for.
