@@ -21,9 +21,12 @@ Figures (``--only`` takes these names or the short aliases in brackets):
 5. ``highdim_index_mb``, ``highdim_build_s``, ``highdim_p95_ms``, ``highdim_recall_at_10`` [highdim]: hnsw-bq
    (hnsw on ``binary_quantize(v)::bit(3584)``, re-ranked by exact distance) next to hnsw on ``halfvec(3584)``,
    100,000 synthetic vectors of nomic-embed-code's width (bench/highdim.py).
-6. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
+6. ``target_tokens_per_s_*`` and ``target_peak_rss_mb_*`` [target]: llama.cpp f16 / Q8_0 / Q4_K_M against
+   transformers fp32 on a Qwen2-0.5B-shaped model (nomic-embed-code's architecture), same weights, texts and
+   threads, each run in its own process (bench/target.py).
+7. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
    migration with the cache off (time saved).
-7. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
+8. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
    call to the migration's ``finished_at``, per row; each size against the smallest.
 
 Results go to ``bench/results.json`` and ``bench/results.md``. The exit code is 0 when every figure was measured
@@ -59,6 +62,7 @@ from bench.results import (
     write_results,
 )
 from bench.search import fig_search
+from bench.target import fig_target
 from swarm.core.errors import EXIT_FAILED, EXIT_OK
 from swarm.core.log import get_logger
 
@@ -74,6 +78,7 @@ RUNNERS: dict[str, Callable[[Lab], list[Result]]] = {
     "rss": fig_rss,
     "search": fig_search,
     "highdim": fig_highdim,
+    "target": fig_target,
     "cache": fig_cache,
     "overhead": fig_overhead,
 }

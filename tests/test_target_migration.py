@@ -82,11 +82,12 @@ def test_orchestrate_migrates_into_halfvec_with_hnsw_and_validates(
     router = Router(cfg, dsn, record=False)
     try:
         got, _ = router.arms["new"].embed(QUERY)
-        r = router.search(QUERY, k=5, caller="after")
+        # The new arm as the validator searched it (the rollout is at 0%, so router.search would answer from legacy).
+        hit, distances, _ = router.run_arm("new", QUERY, 5)
     finally:
         router.close()
     with LlamaEmbedder(qwen2_gguf, cache_size=0, n_threads=2) as plain:
         prefixed, bare = plain.embed([cfg.embedding.query_prefix + QUERY, QUERY])
     assert float(np.dot(got, prefixed)) > 0.999 and float(np.dot(got, bare)) < 0.99
-    assert len(r.ids) == 5 and r.arm == "new"
+    assert hit.error is None and len(hit.ids) == 5 and distances == sorted(distances)
     assert mig.search_rerank(m, 5) == shipped.swarm.rerank  # the router searched the bit index, re-ranked
