@@ -142,7 +142,7 @@ def _spawn(kind: str, cls: type, count: int, options: dict[str, Any], payload: d
     existing = list_agents(f"{kind}-")
     start = 1 + max((int(n.rsplit("-", 1)[1]) for n in existing), default=-1)
     names = [f"{kind}-{i}" for i in range(start, start + count)]
-    remote = ray.remote(_reporting_init_errors(cls))
+    remote: Any = ray.remote(_reporting_init_errors(cls))
     handles = [
         remote.options(
             name=n,

@@ -71,7 +71,7 @@ def fig_highdim(lab: Lab) -> list[Result]:
         _copy_halfvec(conn, ids, data)
         conn.execute("VACUUM ANALYZE vectors")
         load_s = time.perf_counter() - t
-        table_mb = conn.execute("SELECT pg_total_relation_size('vectors') / 1e6").fetchone()[0]
+        table_mb = _one(conn, "SELECT pg_total_relation_size('vectors') / 1e6")
         exact_q = table.search("v", "halfvec", HIGH_DIM)
         n_exact = min(s.search_exact_queries, len(queries))
         _time_queries(conn, exact_q, queries[:n_exact], k)  # warm
@@ -94,7 +94,7 @@ def fig_highdim(lab: Lab) -> list[Result]:
             build_s = time.perf_counter() - t
             conn.execute("RESET maintenance_work_mem")
             name = table.index_name(mid)
-            size_mb = conn.execute("SELECT pg_relation_size(%s::regclass) / 1e6", [name]).fetchone()[0]
+            size_mb = _one(conn, "SELECT pg_relation_size(%s::regclass) / 1e6", [name])
             plan = "\n".join(r[0] for r in conn.execute(sql_explain(q), [queries[0], queries[0], k]).fetchall())
             _time_queries(conn, q, queries, k, ann)  # warm the index's pages
             lat, found = _time_queries(conn, q, queries, k, ann)
@@ -145,6 +145,12 @@ def fig_highdim(lab: Lab) -> list[Result]:
         )
         for fig, key, unit, target in rows
     ]
+
+
+def _one(conn: psycopg.Connection, query: str, params: list[Any] | None = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def _arm(a: dict[str, Any]) -> str:

@@ -122,7 +122,8 @@ def run_torch(hf: str, texts: list[str], threads: int, vectors: str) -> dict[str
     tok = Tokenizer.from_file(str(Path(hf) / "tokenizer.json"))
     load_s = time.perf_counter() - t0
     loaded = _status()
-    pad = int(model.config.eos_token_id or 0)
+    eos = model.config.eos_token_id
+    pad = eos if isinstance(eos, int) else 0
 
     def embed(batch: list[str]) -> np.ndarray:
         ids = [e.ids for e in tok.encode_batch(batch)]
