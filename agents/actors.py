@@ -6,8 +6,11 @@
   guarded by a lock), restarted by Ray after a crash, spread over the cluster's nodes.
 * ``validator-N``: compares legacy and new search results.
 
-All actors ask for 0 CPUs from Ray's scheduler: the migrators' llama.cpp threads are sized by swarm itself
-(``threads_per_migrator``), and a 2-core machine must still host a coordinator, migrators and validators.
+Data-migrators ask Ray for what their model uses (:func:`placement`): on ``embedding.device = "cpu"``,
+``threads_per_migrator`` CPUs (the llama.cpp threads they run; by default the largest node's cores shared out among
+the migrators); on ``cuda``/``metal``, ``swarm.gpus_per_migrator`` GPUs and no CPU, so Ray places them on GPU
+nodes and nowhere else. A request the cluster cannot meet is refused before anything starts (Ray would otherwise
+leave the actor pending for ever). The coordinator and the validators ask for 0 CPUs: they mostly wait.
 The configuration reaches them wrapped in :class:`Sealed`, whose repr hides it, so the DSN never shows among
 actor arguments. (Not ``ray.put``: a restarted detached actor needs its constructor arguments after the driver
 that owned such an object has gone.)
@@ -15,10 +18,14 @@ that owned such an object has gone.)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.runtime import COORDINATOR, NAMESPACE, get_actor, list_agents
-from swarm.core.config import threads_per_migrator  # noqa: F401 (re-exported for the commands)
+from swarm.core.config import threads_per_migrator
+from swarm.core.errors import ConfigError, SwarmError
+
+if TYPE_CHECKING:
+    from swarm.core.config import Config
 
 
 class Sealed(dict):  # type: ignore[type-arg]
@@ -56,13 +63,67 @@ def coordinator(payload: dict[str, Any]) -> Any:
     ).remote(_payload_ref(payload))
 
 
+def placement(cfg: Config, migrators: int) -> tuple[dict[str, float], int]:
+    """(Ray resources of one data-migrator, its llama.cpp threads) for a swarm of ``migrators``.
+
+    Threads: ``swarm.threads_per_migrator``, else the largest live node's CPUs (as Ray counts them, not this
+    process's ``cpu_count``) shared out among the migrators. A rehearsal asks for the same (it rehearses the
+    placement too), though its stand-in model uses neither.
+    """
+    import ray
+
+    node_cpus = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    threads = threads_per_migrator(cfg.swarm.threads_per_migrator, migrators, int(max(node_cpus, default=0)) or None)
+    if cfg.embedding.device == "cpu":
+        return {"num_cpus": float(threads), "num_gpus": 0.0}, threads
+    return {"num_cpus": 0.0, "num_gpus": float(cfg.swarm.gpus_per_migrator)}, threads
+
+
+def check_capacity(cfg: Config, resources: dict[str, float], count: int) -> None:
+    """Refuse (:class:`ConfigError`) ``count`` more migrators that the cluster's free resources cannot place."""
+    import ray
+
+    free = ray.available_resources()
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    gpus, cpus = resources["num_gpus"], resources["num_cpus"]
+    if gpus:
+        have = float(free.get("GPU", 0))
+        if have + 1e-9 < gpus * count:
+            raise ConfigError(
+                "swarm.gpus_per_migrator",
+                gpus,
+                f"{count} migrator(s) on embedding.device = {cfg.embedding.device} need {gpus * count:g} GPU(s) but "
+                f"the Ray cluster has {have:g} free; add GPU nodes (`ray start --address=<head> --num-gpus=N`) or "
+                "lower swarm.migrators",
+            )
+    if cpus:
+        have = float(free.get("CPU", 0))
+        biggest = max((float(r.get("CPU", 0)) for r in nodes), default=0.0)
+        if have + 1e-9 < cpus * count or biggest + 1e-9 < cpus:
+            raise ConfigError(
+                "swarm.threads_per_migrator",
+                int(cpus),
+                f"{count} migrator(s) x {cpus:g} CPUs need {cpus * count:g} but the Ray cluster has {have:g} free "
+                f"(largest node {biggest:g}); lower swarm.migrators or swarm.threads_per_migrator, or add a node "
+                "(`ray start --address=<head>`)",
+            )
+
+
 def spawn_migrators(
-    payload: dict[str, Any], count: int, *, rehearse: bool = False, threads: int | None = None
+    payload: dict[str, Any],
+    count: int,
+    *,
+    rehearse: bool = False,
+    threads: int | None = None,
+    resources: dict[str, float] | None = None,
 ) -> list[str]:
-    """Start ``count`` more data-migrators; each loads its own model. Returns the new names (ready)."""
+    """Start ``count`` more data-migrators; each loads its own model. Returns the new names (ready).
+
+    ``resources`` (``num_cpus``/``num_gpus``, from :func:`placement`) is what each asks Ray for."""
     from agents.migrator import DataMigrator
 
-    options = {"max_task_retries": 0, "max_concurrency": 4, "scheduling_strategy": "SPREAD"}
+    options: dict[str, Any] = {"max_task_retries": 0, "max_concurrency": 4, "scheduling_strategy": "SPREAD"}
+    options.update(resources or {})
     return _spawn("data-migrator", DataMigrator, count, options, payload, rehearse=rehearse, n_threads=threads)
 
 
@@ -81,24 +142,55 @@ def _spawn(kind: str, cls: type, count: int, options: dict[str, Any], payload: d
     existing = list_agents(f"{kind}-")
     start = 1 + max((int(n.rsplit("-", 1)[1]) for n in existing), default=-1)
     names = [f"{kind}-{i}" for i in range(start, start + count)]
-    remote = ray.remote(cls)
+    remote: Any = ray.remote(_reporting_init_errors(cls))
     handles = [
         remote.options(
             name=n,
             namespace=NAMESPACE,
             lifetime="detached",
             max_restarts=-1,
-            num_cpus=0,
-            get_if_exists=True,
-            **options,
+            **{"num_cpus": 0, **options, "get_if_exists": True},
         ).remote(n, _payload_ref(payload), **kw)
         for n in names
     ]
-    ray.get([h.ping.remote() for h in handles])
+    try:
+        ray.get([h.ping.remote() for h in handles])
+    except ray.exceptions.RayTaskError as e:
+        # A model or device the config got wrong: no agent of this batch is kept, and the error is raised as
+        # itself, so the CLI prints its one line.
+        for h in handles:
+            ray.kill(h, no_restart=True)
+        if isinstance(e.cause, SwarmError):
+            raise e.cause from None
+        raise
     coord = get_actor(COORDINATOR)
     if coord is not None:
         ray.get([coord.register.remote(n, kind) for n in names])
     return names
+
+
+def _reporting_init_errors(cls: type) -> type:
+    """``cls`` whose ``__init__`` keeps a :class:`SwarmError` and raises it from ``ping`` instead.
+
+    Ray reports an exception in an actor's constructor as an ``ActorDiedError`` carrying only its text; from a
+    method it comes back as the exception itself (``RayTaskError.cause``), so the caller can print its one line.
+    """
+
+    class Reporting(cls):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._init_error: SwarmError | None = None
+            try:
+                super().__init__(*args, **kwargs)
+            except SwarmError as e:
+                self._init_error = e
+
+        def ping(self) -> Any:
+            if self._init_error is not None:
+                raise self._init_error
+            return super().ping()
+
+    Reporting.__name__ = Reporting.__qualname__ = cls.__name__
+    return Reporting
 
 
 def reregister(coord: Any) -> None:

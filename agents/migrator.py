@@ -77,7 +77,8 @@ class DataMigrator:
         else:
             from model.factory import embedder_for
 
-            self.embedder = embedder_for(self.cfg, "new", n_threads=n_threads)
+            # strict: this migrator asked Ray for GPUs; a llama.cpp without a GPU backend is a config error here.
+            self.embedder = embedder_for(self.cfg, "new", n_threads=n_threads, strict_device=True)
         self.model_mb = max(0.0, rss_mb() - rss_before)
         self._shared = self._shared_cache()
         self._last_embed_s = 0.0

@@ -261,13 +261,18 @@ def _json_default(o: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Figure names and sizes
 # --------------------------------------------------------------------------------------------------------------
-FIGURES = ("embed", "pipeline", "rss", "search", "cache", "overhead", "load")
+FIGURES = ("embed", "pipeline", "rss", "search", "highdim", "target", "cache", "overhead", "load")
 ALIASES = {
     "embed_ratio_vs_sentence_transformers": "embed",
     "pipeline_efficiency": "pipeline",
     "migrator_rss_mb": "rss",
     "search_p95_ms": "search",
     "search_recall_at_10": "search",
+    "highdim_index_mb": "highdim",
+    "highdim_build_s": "highdim",
+    "highdim_p95_ms": "highdim",
+    "highdim_recall_at_10": "highdim",
+    **{f"target_{m}_{q}": "target" for m in ("tokens_per_s", "peak_rss_mb") for q in ("f16", "q8_0", "q4_k_m")},
     "cache_hit_rate": "cache",
     "overhead_per_row_us": "overhead",
     "load_errors": "load",
@@ -305,6 +310,9 @@ class Sizes:
     search_rows: int = 100_000
     search_queries: int = 200
     search_exact_queries: int = 100
+    highdim_rows: int = 100_000
+    highdim_queries: int = 100
+    target_texts: int = 40
     cache_unique: int = 100
     cache_copies: int = 10
     overhead_rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)
@@ -321,6 +329,9 @@ class Sizes:
             search_rows=10_000,
             search_queries=50,
             search_exact_queries=30,
+            highdim_rows=5_000,
+            highdim_queries=30,
+            target_texts=6,
             cache_unique=30,
             overhead_rows=(2_000, 10_000, 40_000),
             load_rows=300,
@@ -333,6 +344,17 @@ TARGETS = {
     "pipeline": [("pipeline_efficiency", Target(">=", 0.90, "ratio"))],
     "rss": [("migrator_rss_mb", Target("<=", 400))],
     "search": [("search_p95_ms", Target("<=", 10)), ("search_recall_at_10", Target(">=", 0.95))],
+    "highdim": [
+        ("highdim_index_mb", Target("<=", 0.25, "ratio")),
+        ("highdim_build_s", Target("<=", 1.0, "ratio")),
+        ("highdim_p95_ms", Target("<=", 50)),
+        ("highdim_recall_at_10", Target(">=", 0.95)),
+    ],
+    "target": [
+        (f"target_{m}_{q}", Target(">=", 10, "ratio") if m == "tokens_per_s" else Target("<=", 0.25, "ratio"))
+        for q in ("f16", "q8_0", "q4_k_m")
+        for m in ("tokens_per_s", "peak_rss_mb")
+    ],
     "cache": [("cache_hit_rate", Target(">=", 0.9))],
     "overhead": [("overhead_per_row_us", Target("within", 0.25, "ratio"))],
     "load": [("load_errors", Target("<=", 0)), ("load_max_connections", Target("<=", 1.0, "ratio"))],

@@ -18,9 +18,15 @@ Figures (``--only`` takes these names or the short aliases in brackets):
 4. ``search_p95_ms`` and ``search_recall_at_10`` [search]: swarm's search SQL through the ANN index swarm builds,
    on synthetic 384-dim vectors shaped like MiniLM's; ivfflat probes and hnsw ef_search are swept and the
    cheapest setting with recall@10 >= 0.95 is reported, next to exact search.
-5. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
+5. ``highdim_index_mb``, ``highdim_build_s``, ``highdim_p95_ms``, ``highdim_recall_at_10`` [highdim]: hnsw-bq
+   (hnsw on ``binary_quantize(v)::bit(3584)``, re-ranked by exact distance) next to hnsw on ``halfvec(3584)``,
+   100,000 synthetic vectors of nomic-embed-code's width (bench/highdim.py).
+6. ``target_tokens_per_s_*`` and ``target_peak_rss_mb_*`` [target]: llama.cpp f16 / Q8_0 / Q4_K_M against
+   transformers fp32 on a Qwen2-0.5B-shaped model (nomic-embed-code's architecture), same weights, texts and
+   threads, each run in its own process (bench/target.py).
+7. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
    migration with the cache off (time saved).
-6. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
+8. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
    call to the migration's ``finished_at``, per row; each size against the smallest.
 7. ``load_errors`` and ``load_max_connections`` [load]: ``swarm serve`` on 127.0.0.1 under 1, 8, 32 and 128
    concurrent clients (a few hundred searches each, share 50%): p50/p95 and 503s per level in the notes, errors
@@ -43,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.cache import fig_cache
 from bench.embed import fig_embed
+from bench.highdim import fig_highdim
 from bench.lab import Lab
 from bench.load import fig_load
 from bench.overhead import fig_overhead
@@ -60,6 +67,7 @@ from bench.results import (
     write_results,
 )
 from bench.search import fig_search
+from bench.target import fig_target
 from swarm.core.errors import EXIT_FAILED, EXIT_OK
 from swarm.core.log import get_logger
 
@@ -74,6 +82,8 @@ RUNNERS: dict[str, Callable[[Lab], list[Result]]] = {
     "pipeline": fig_pipeline,
     "rss": fig_rss,
     "search": fig_search,
+    "highdim": fig_highdim,
+    "target": fig_target,
     "cache": fig_cache,
     "overhead": fig_overhead,
     "load": fig_load,

@@ -8,7 +8,11 @@ implements it with llama-cpp-python's low-level API. It does its own batching in
   counted in :attr:`EmbedStats.truncated`;
 - texts are sorted by token length and packed into micro-batches bounded by ``n_ubatch`` tokens and by the
   number of sequences a context holds. A non-causal model (BERT) must see each sequence whole in one ubatch
-  (llama.cpp aborts the process otherwise), so ``n_ubatch = n_batch`` and no sequence is longer than that;
+  (llama.cpp aborts the process otherwise), so ``n_ubatch = n_batch`` and no sequence is longer than that.
+  A causal model pooled by its last token (Qwen2, nomic-embed-code) keeps the tokens of a decode in its KV
+  cache, so a sequence may span micro-batches: ``n_ubatch`` stays at the micro-batch size (it sizes the compute
+  buffers, and llama.cpp's logits buffer, which grow with it) while ``n_batch`` (= ``n_ctx``, the KV cache)
+  bounds a sequence; llama.cpp's LAST pooling reads the sequence's last token from the micro-batch holding it;
 - each sequence's pooled vector is read with ``llama_get_embeddings_seq``, L2-normalized, optionally cut to a
   Matryoshka ``truncate_dim`` (and normalized again), and returned in input order.
 
@@ -144,8 +148,10 @@ class LlamaEmbedder:
     (e.g. ``"search_document: "`` for nomic-embed). ``batch_size`` caps the sequences per micro-batch and
     ``batch_tokens`` its tokens; ``n_ctx`` lowers the per-text token limit below the model's context (256
     gives sentence-transformers' truncation for all-MiniLM-L6-v2). ``truncate_dim`` keeps the first dimensions
-    of a Matryoshka model. Calls from several threads (or the async methods' worker threads) take turns on one
-    lock: there is one llama.cpp context.
+    of a Matryoshka model. ``n_gpu_layers`` offloads that many layers (-1: all) to the GPU backend llama.cpp
+    was built with (a build without one runs them on the CPU: :func:`require_gpu_backend` checks first). Calls
+    from several threads (or the async methods' worker threads) take turns on one lock: there is one llama.cpp
+    context.
     """
 
     def __init__(
@@ -162,6 +168,7 @@ class LlamaEmbedder:
         flash_attn: bool = True,
         expected_dim: int | None = None,
         batch_tokens: int | None = None,
+        n_gpu_layers: int = 0,
     ) -> None:
         self.info: ModelInfo = read_info(path)
         check_embedding(self.info)
@@ -185,10 +192,17 @@ class LlamaEmbedder:
         # ggml_can_mul_mat while the context reserves its graph (seen with 513 and 600), so round up.
         default_tokens = DEFAULT_BATCH_TOKENS if flash_attn else DEFAULT_BATCH_TOKENS_NO_FLASH
         n_batch = -(-max(batch_tokens or default_tokens, self.max_tokens) // 256) * 256
+        # See the module docstring: only a causal, last-token model may see a sequence split across
+        # micro-batches (MEAN or CLS over a split sequence would pool one micro-batch's part of it).
+        self.splits_sequences = info.causal and info.pooling == "last"
+        n_ubatch = n_batch
+        if self.splits_sequences:
+            n_ubatch = min(n_batch, -(-(batch_tokens or default_tokens) // 256) * 256)
         self.n_threads = n_threads or os.cpu_count() or 1
         self.document_prefix, self.query_prefix = document_prefix, query_prefix
         self.truncate_dim = truncate_dim
         self.flash_attn = flash_attn
+        self.n_gpu_layers = n_gpu_layers
         self.stats = EmbedStats()
         self._cache = _LRU(cache_size)
         self._long: set[bytes] = set()  # digests of texts found longer than the context (few, 16 bytes each)
@@ -206,7 +220,8 @@ class LlamaEmbedder:
                     pooling_type=_POOLING_ENUM[info.pooling],
                     n_ctx=n_batch,
                     n_batch=n_batch,
-                    n_ubatch=n_batch,
+                    n_ubatch=n_ubatch,
+                    n_gpu_layers=n_gpu_layers,
                     n_threads=self.n_threads,
                     n_threads_batch=self.n_threads,
                     flash_attn=flash_attn,
@@ -219,7 +234,7 @@ class LlamaEmbedder:
         self.n_batch = llama_cpp.llama_n_batch(ctx)
         self.n_ubatch = llama_cpp.llama_n_ubatch(ctx)
         self.n_seq_max = min(batch_size, llama_cpp.llama_n_seq_max(ctx))
-        self.max_tokens = min(self.max_tokens, self.n_ubatch)
+        self.max_tokens = min(self.max_tokens, self.n_batch if self.splits_sequences else self.n_ubatch)
         #: Sequences are packed into one micro-batch while their tokens fit in this many (a longer sequence
         #: still goes alone, up to n_ubatch): see DEFAULT_PACK_TOKENS.
         self.pack_tokens = min(DEFAULT_PACK_TOKENS, self.n_ubatch)
@@ -239,8 +254,10 @@ class LlamaEmbedder:
             dim=self._dim,
             pooling=info.pooling,
             max_tokens=self.max_tokens,
+            n_batch=self.n_batch,
             n_ubatch=self.n_ubatch,
             n_seq_max=self.n_seq_max,
+            n_gpu_layers=n_gpu_layers,
             n_threads=self.n_threads,
             flash_attn=flash_attn,
         )
@@ -501,6 +518,32 @@ class LlamaEmbedder:
             vectors[j] = vec / norm if norm > 0 else vec
         self.stats.tokens += n
         self.stats.batches += 1
+
+
+#: How to get a llama-cpp-python with each GPU backend (the wheel on PyPI is built for the CPU only).
+GPU_BUILDS = {
+    "cuda": 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36',
+    "metal": 'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36',
+}
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this process's llama.cpp was built with a GPU backend (CUDA, Metal, ...)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def require_gpu_backend(device: str) -> None:
+    """Raise :class:`ConfigError` (one line: how to install the GPU build) unless llama.cpp can offload here."""
+    if not gpu_offload_supported():
+        how = GPU_BUILDS.get(device, GPU_BUILDS["cuda"])
+        raise ConfigError(
+            "embedding.device",
+            device,
+            f"this llama-cpp-python has no GPU backend (llama_supports_gpu_offload() is false); install the "
+            f"{device.upper() if device == 'cuda' else device.capitalize()} build: {how}",
+        )
 
 
 def _text_key(text: str) -> bytes:

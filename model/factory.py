@@ -5,9 +5,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import structlog
+
 if TYPE_CHECKING:
     from model.embedder import LlamaEmbedder
     from swarm.core.config import Config
+
+log = structlog.get_logger()
+
+
+def gpu_layers(cfg: Config, *, strict: bool = False) -> int:
+    """``n_gpu_layers`` for the new model: 0 on ``device = "cpu"``, else -1 (every layer on the GPU).
+
+    ``strict`` (the migrators, which asked Ray for GPUs): a llama.cpp without a GPU backend is a
+    :class:`~model.errors.ConfigError` saying how to install one. Otherwise (the router and validators, which
+    embed a query at a time wherever they run) such a process embeds on the CPU and says so.
+    """
+    device = cfg.embedding.device
+    if device == "cpu":
+        return 0
+    from model.embedder import gpu_offload_supported, require_gpu_backend
+
+    if strict:
+        require_gpu_backend(device)
+    elif not gpu_offload_supported():
+        log.warning("embedder.no_gpu_backend", device=device, hint="this process embeds on the CPU")
+        return 0
+    return -1
 
 
 def embedder_for(
@@ -17,11 +41,14 @@ def embedder_for(
     n_threads: int | None = None,
     cache_size: int | None = None,
     batch_size: int | None = None,
+    strict_device: bool = False,
 ) -> LlamaEmbedder:
     """The ``[embedding]`` (new) or ``[legacy]`` model of ``cfg``, loaded with its prefixes.
 
-    The new model is checked against ``[embedding].dimension`` (and cut to ``truncate_dim``); the legacy one
-    is whatever filled the legacy column. ``n_threads``, ``cache_size`` and ``batch_size`` override the config.
+    The new model is checked against ``[embedding].dimension`` (and cut to ``truncate_dim``), embeds at most
+    ``[embedding].max_tokens`` tokens per text and runs on ``[embedding].device`` (see :func:`gpu_layers`;
+    ``strict_device`` for the migrators); the legacy one is whatever filled the legacy column, on the CPU, at
+    its own context. ``n_threads``, ``cache_size`` and ``batch_size`` override the config.
     """
     from model.embedder import LlamaEmbedder
 
@@ -46,5 +73,7 @@ def embedder_for(
         query_prefix=e.query_prefix,
         truncate_dim=e.truncate_dim,
         expected_dim=e.dimension,
+        n_ctx=e.max_tokens,
+        n_gpu_layers=gpu_layers(cfg, strict=strict_device),
         **common,  # type: ignore[arg-type]
     )

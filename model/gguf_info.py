@@ -40,7 +40,9 @@ class ModelInfo:
     ``pooling`` is read from ``{arch}.pooling_type``; when the key is absent it is ``"none"``, the value
     llama.cpp then uses (``hparams.pooling_type`` defaults to ``LLAMA_POOLING_TYPE_NONE``), and
     ``pooling_declared`` is False. ``causal`` likewise defaults to True, as in llama.cpp, when
-    ``{arch}.attention.causal`` is absent.
+    ``{arch}.attention.causal`` is absent. ``add_bos``/``add_eos`` are ``tokenizer.ggml.add_bos_token`` /
+    ``add_eos_token`` as declared, None when absent (llama.cpp then follows its tokenizer type's default). For a
+    last-token model they matter: the pooled token is the EOS only when ``add_eos`` is true.
     """
 
     path: Path
@@ -54,6 +56,8 @@ class ModelInfo:
     name: str | None
     causal: bool
     pooling_declared: bool = True
+    add_bos: bool | None = None
+    add_eos: bool | None = None
 
 
 _sha_cache: dict[tuple[str, int, int], str] = {}
@@ -162,6 +166,8 @@ def _read_info(p: Path) -> ModelInfo:
     except ValueError:
         file_type = f"unknown({ftype_raw})"
     ctx = _value(fields, f"{arch}.context_length")
+    add_bos = _value(fields, "tokenizer.ggml.add_bos_token")
+    add_eos = _value(fields, "tokenizer.ggml.add_eos_token")
     name = _value(fields, "general.name")
     return ModelInfo(
         path=p,
@@ -175,6 +181,8 @@ def _read_info(p: Path) -> ModelInfo:
         name=name if isinstance(name, str) else None,
         causal=bool(causal_raw) if causal_raw is not None else True,
         pooling_declared=pooling_raw is not None,
+        add_bos=bool(add_bos) if add_bos is not None else None,
+        add_eos=bool(add_eos) if add_eos is not None else None,
     )
 
 
@@ -214,12 +222,17 @@ def format_info(info: ModelInfo) -> str:
         ("pooling", pooling),
         ("context", f"{info.context_length} tokens" if info.context_length else "-"),
         ("attention", "causal" if info.causal else "bidirectional"),
+        ("add_bos/add_eos", f"{_flag(info.add_bos)} / {_flag(info.add_eos)}"),
         ("file type", info.file_type),
         ("size", f"{info.size_bytes / 1e6:.1f} MB ({info.size_bytes} bytes)"),
         ("sha256", info.sha256),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _flag(value: bool | None) -> str:
+    return "not declared" if value is None else str(value).lower()
 
 
 class _TensorDataError(Exception):

@@ -217,8 +217,9 @@ def spawn(cfg: Config, kind: str, count: int = 1, *, rehearse: bool = False) -> 
 
             check_dimension(read_info(str(cfg.path(cfg.embedding.model_path))), cfg.embedding.dimension)
         total = len(runtime.list_agents("data-migrator-")) + count
-        threads = agents_ray.threads_per_migrator(cfg.swarm.threads_per_migrator, total)
-        return agents_ray.spawn_migrators(payload, count, rehearse=rehearse, threads=threads)
+        resources, threads = agents_ray.placement(cfg, total)
+        agents_ray.check_capacity(cfg, resources, count)
+        return agents_ray.spawn_migrators(payload, count, rehearse=rehearse, threads=threads, resources=resources)
     if kind == "validator":
         return agents_ray.spawn_validators(payload, count)
     raise UsageError(f"--type {kind}: use migration-coordinator, data-migrator or validator")
@@ -255,8 +256,10 @@ def ensure_swarm(cfg: Config, dsn: str, *, rehearse: bool = False) -> Any:
     agents_ray.reregister(coord)
     have = runtime.list_agents("data-migrator-")
     if len(have) < cfg.swarm.migrators:
-        threads = agents_ray.threads_per_migrator(cfg.swarm.threads_per_migrator, cfg.swarm.migrators)
-        agents_ray.spawn_migrators(payload, cfg.swarm.migrators - len(have), rehearse=rehearse, threads=threads)
+        resources, threads = agents_ray.placement(cfg, cfg.swarm.migrators)
+        count = cfg.swarm.migrators - len(have)
+        agents_ray.check_capacity(cfg, resources, count)
+        agents_ray.spawn_migrators(payload, count, rehearse=rehearse, threads=threads, resources=resources)
     if not rehearse and len(runtime.list_agents("validator-")) < cfg.swarm.validators:
         agents_ray.spawn_validators(payload, cfg.swarm.validators - len(runtime.list_agents("validator-")))
     return coord

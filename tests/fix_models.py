@@ -73,3 +73,28 @@ def minilm_embedder(minilm_q8: Path) -> Iterator[Any]:
 
     with LlamaEmbedder(minilm_q8, cache_size=0) as embedder:
         yield embedder
+
+
+#: The random-weights Qwen2 stand-in for nomic-embed-code (model/qwen2.py): its architecture (qwen2, causal,
+#: last-token pooling, GPT-2 byte-level BPE with Qwen2's pre-tokenizer) at its width, 3584 (28 heads / 4 KV heads,
+#: a halfvec column), one layer, a 1,024-token vocabulary and a 2,048-token context: a 60 MB file.
+QWEN2_DIM = 3584
+
+
+@pytest.fixture(scope="session")
+def qwen2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``random-qwen2`` 3584 x 1 layer, no EOS appended by the tokenizer (seed 0)."""
+    from model.qwen2 import write_qwen2_gguf
+
+    return write_qwen2_gguf(tmp_path_factory.mktemp("qwen2") / "random-qwen2.f16.gguf", n_embd=QWEN2_DIM, ctx=2048)
+
+
+@pytest.fixture(scope="session")
+def qwen2_eos_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same architecture whose tokenizer appends ``<|endoftext|>`` (``add_eos_token = true``): whether the
+    real file does is not known here, so both are tested."""
+    from model.qwen2 import write_qwen2_gguf
+
+    return write_qwen2_gguf(
+        tmp_path_factory.mktemp("qwen2-eos") / "random-qwen2-eos.f16.gguf", n_embd=QWEN2_DIM, ctx=2048, add_eos=True
+    )

@@ -20,6 +20,14 @@ def swarm_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
     )
 
 
+def swarm_actors_cpus(env: dict[str, str]) -> float:
+    """CPUs of the session's Ray head (this process is connected to it)."""
+    import ray
+
+    head = ray.get_runtime_context().get_node_id()
+    return float(next(n["Resources"]["CPU"] for n in ray.nodes() if n["NodeID"] == head))
+
+
 @pytest.fixture()
 def cli_env(dsn: str, swarm_actors: dict[str, Any], minilm_q8: Path, minilm_f16: Path) -> dict[str, str]:
     return {
@@ -39,17 +47,23 @@ def test_init_spawn_status_shutdown(tmp_path: Path, cli_env: dict[str, str]) -> 
         r = swarm_cli("init", "--topology", "hierarchical", cwd=tmp_path, env=cli_env)
         assert r.returncode == 0, r.stderr
         assert "coordinator up" in r.stdout
+    half = max(1, int(swarm_actors_cpus(cli_env)) // 2)
+    cli_env = dict(cli_env, SWARM_SWARM__THREADS_PER_MIGRATOR=str(half))
     r = swarm_cli("spawn", "--type", "data-migrator", "--count", "2", cwd=tmp_path, env=cli_env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "spawned: data-migrator-0, data-migrator-1"
-    r = swarm_cli("spawn", "--type", "data-migrator", cwd=tmp_path, env=cli_env)
-    assert r.stdout.strip() == "spawned: data-migrator-2"
+    r = swarm_cli("spawn", "--type", "data-migrator", "--count", "1", cwd=tmp_path, env=cli_env)
+    # Each migrator asks Ray for its threads as CPUs: two of half the head's cores fill it; a third is refused
+    # with the fix, not left pending for ever.
+    assert r.returncode == 2, r.stdout
+    assert r.stderr.strip().startswith(f"error: swarm.threads_per_migrator = {half}: 1 migrator(s) x {half} CPUs need")
+    assert "but the Ray cluster has 0 free" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = swarm_cli("status", "--json", cwd=tmp_path, env=cli_env)
     st = json.loads(r.stdout)
     assert st["state"] == "none" and st["rows_total"] == 0 and st["shards"] == []
     r = swarm_cli("shutdown", cwd=tmp_path, env=cli_env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "stopped 4 actors"  # the head was not started by swarm: it stays up
+    assert r.stdout.strip() == "stopped 3 actors"  # the head was not started by swarm: it stays up
 
 
 def test_orchestrate_alone_then_status_json(tmp_path: Path, cli_env: dict[str, str], conn: Any) -> None:

@@ -83,7 +83,11 @@ class EmbeddingConfig(_Section):
     model: str = "all-MiniLM-L6-v2"
     model_path: str = "model/all-MiniLM-L6-v2.Q8_0.gguf"
     dimension: int = Field(default=384, gt=0)
-    device: Literal["cpu"] = "cpu"
+    device: Literal["cpu", "cuda", "metal"] = Field(
+        default="cpu",
+        description="cuda / metal: every layer on the GPU (n_gpu_layers = -1) and each migrator asks Ray for "
+        "swarm.gpus_per_migrator GPUs; needs a llama-cpp-python built with that backend",
+    )
     batch_size: int = Field(default=32, gt=0, le=4096)
     cache_size: int = Field(default=10_000, ge=0)
     shared_cache: bool = Field(
@@ -94,6 +98,14 @@ class EmbeddingConfig(_Section):
     document_prefix: str = ""
     query_prefix: str = ""
     truncate_dim: int | None = Field(default=None, gt=0)
+    max_tokens: int = Field(
+        default=512,
+        ge=8,
+        le=1_048_576,
+        description="tokens embedded per text (longer ones are cut and counted); the model's context if smaller. "
+        "It sizes the KV cache and llama.cpp's per-token buffers: a 32k-context model at its full context "
+        "would reserve tens of GB",
+    )
     n_threads: int | None = Field(default=None, gt=0)
     flash_attn: bool = True
 
@@ -116,7 +128,15 @@ class SwarmConfig(_Section):
     ray_address: str = ""
     migrators: int = Field(default=2, ge=1, le=256)
     validators: int = Field(default=1, ge=0, le=64)
-    threads_per_migrator: int | None = Field(default=None, ge=1)
+    threads_per_migrator: int | None = Field(
+        default=None,
+        ge=1,
+        description="llama.cpp threads of a CPU migrator, and the CPUs it asks Ray for (default: the cores of "
+        "the largest node shared out among the migrators)",
+    )
+    gpus_per_migrator: float = Field(
+        default=1, gt=0, le=64, description="GPUs each migrator asks Ray for when embedding.device is not cpu"
+    )
     shard_rows: int = Field(default=2_000, ge=1)
     max_attempts: int = Field(default=5, ge=1, description="failures of one shard before the migration fails")
     max_rows_per_second: float = Field(default=0, ge=0, description="0: unlimited")
@@ -164,7 +184,17 @@ class SwarmConfig(_Section):
         description="VACUUM (ANALYZE) the table after this many rows backfilled (and always after the backfill), so "
         "the rows the backfill rewrote are reclaimed; 0: only after the backfill",
     )
-    index: Literal["ivfflat", "hnsw", "none"] = "hnsw"
+    index: Literal["auto", "hnsw", "hnsw-bq", "ivfflat", "none"] = Field(
+        default="auto",
+        description="auto: hnsw up to 2000 dims, above that the choice measured by `make bench` (bench/highdim.py); "
+        "hnsw-bq: hnsw on binary_quantize(column)::bit(D), searches re-ranked by exact distance",
+    )
+    rerank: int = Field(
+        default=200,
+        ge=1,
+        le=1000,
+        description="hnsw-bq: candidates taken from the bit index and re-ranked by exact distance (raised to k)",
+    )
     # The ANN index on the new column (built once, at the end of the backfill) and how searches use it (set in
     # each search's transaction, so a change takes effect without a rebuild). pgvector's own limits apply.
     # Defaults measured by `swarm bench --only search` (100k MiniLM-like vectors, k=10): hnsw m=16,

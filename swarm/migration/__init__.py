@@ -3,7 +3,7 @@
 ``rollback`` (contract). The names below are what the agents and the commands use."""
 
 from swarm.migration.backfill import apply_batch, drain_changes, enqueue_missing
-from swarm.migration.index import build_index, index_progress, index_settings, ivfflat_lists
+from swarm.migration.index import build_index, index_progress, index_settings, ivfflat_lists, search_rerank
 from swarm.migration.plan import (
     REHEARSAL_COLUMN,
     TableInfo,
@@ -53,6 +53,7 @@ __all__ = [
     "requeue_running",
     "retire",
     "rollback",
+    "search_rerank",
     "run_ddl",
     "set_state",
     "status",

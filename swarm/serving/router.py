@@ -404,6 +404,7 @@ class _RouterBase:
     ) -> tuple[SearchQuery, AnnSettings | None, bool]:
         column, ctype, dim = self._column(arm, share, types)
         target = self._target(share)
+        rerank = mig.search_rerank(share.migration, k) if arm == "new" and share.migration else None
         q = build_search(
             target,
             column,
@@ -413,9 +414,10 @@ class _RouterBase:
             columns=columns,
             types=types,
             require=target.new_column if require_new else None,
+            rerank=rerank,
         )
         # The swarm's ANN settings go with the index it built; the legacy column keeps the application's.
-        ann = AnnSettings.of(self.cfg) if arm == "new" else None
+        ann = AnnSettings.of(self.cfg, rerank=rerank) if arm == "new" else None
         iterative = q.filtered and self._server is not None and self._server.pgvector_tuple >= ITERATIVE_SCAN
         return q, ann, iterative
 

@@ -33,8 +33,10 @@ class AnnSettings:
     probes: int
 
     @classmethod
-    def of(cls, cfg: Config) -> AnnSettings:
-        return cls(cfg.swarm.ef_search, cfg.swarm.probes)
+    def of(cls, cfg: Config, *, rerank: int | None = None) -> AnnSettings:
+        """The config's settings; with ``rerank`` (an hnsw-bq search), ``ef_search`` raised to it, since an hnsw
+        scan returns at most ``ef_search`` candidates."""
+        return cls(max(cfg.swarm.ef_search, rerank or 0), cfg.swarm.probes)
 
     @classmethod
     def for_legacy(cls, cfg: Config, conn: psycopg.Connection) -> AnnSettings:
@@ -153,13 +155,16 @@ def build_search(
     columns: tuple[str, ...] = (),
     types: dict[str, str],
     require: str | None = None,
+    rerank: int | None = None,
 ) -> SearchQuery:
     """The search of :meth:`Target.search` with filters and columns of the table.
 
     ``types`` maps the table's columns to their types as the server's catalog names them (``format_type``);
     every name in ``where`` and ``columns`` must be among them (the caller checks and says which is not), so
     identifiers come from the catalog and each value goes as a parameter cast to its column's type. A value
-    ``None`` is ``IS NULL``, a list or tuple is ``= ANY``.
+    ``None`` is ``IS NULL``, a list or tuple is ``= ANY``. With ``rerank`` (an ``hnsw-bq`` index), the
+    ``rerank`` nearest by Hamming distance of the binary quantizations, re-ranked by exact distance, as
+    :meth:`Target.search` does.
     """
     parts: list[sql.Composable] = [sql.SQL("{c} IS NOT NULL").format(c=sql.Identifier(column))]
     if require:
@@ -185,10 +190,17 @@ def build_search(
         "t": target.t,
         "w": sql.SQL(" AND ").join(parts),
     }
-    q = sql.SQL(
-        "SELECT {id}::text AS swarm_key, {col} <=> CAST(%s AS {ty}({dim})) AS swarm_distance{extra} FROM {t} "
-        "WHERE {w} ORDER BY {col} <=> CAST(%s AS {ty}({dim})) LIMIT %s"
-    ).format(**names)
+    if rerank:
+        q = sql.SQL(
+            "SELECT * FROM (SELECT {id}::text AS swarm_key, {col} <=> CAST(%s AS {ty}({dim})) AS swarm_distance"
+            "{extra} FROM {t} WHERE {w} ORDER BY binary_quantize({col})::bit({dim}) <~> "
+            "binary_quantize(CAST(%s AS {ty}({dim}))) LIMIT {rerank}) swarm_rows ORDER BY swarm_distance LIMIT %s"
+        ).format(rerank=sql.Literal(int(rerank)), **names)
+    else:
+        q = sql.SQL(
+            "SELECT {id}::text AS swarm_key, {col} <=> CAST(%s AS {ty}({dim})) AS swarm_distance{extra} FROM {t} "
+            "WHERE {w} ORDER BY {col} <=> CAST(%s AS {ty}({dim})) LIMIT %s"
+        ).format(**names)
     # The same rows by exact distance: OFFSET 0 keeps ORDER BY/LIMIT out of the scan, so no ANN index can serve
     # it (whatever the planner settings); a b-tree on the filter still can.
     exact = sql.SQL(
