@@ -138,7 +138,9 @@ def rollback(args: argparse.Namespace, cfg: Config) -> int:
     out(
         f"rolled back migration {r['migration']}: share 0% in {r['share_zero_seconds']} s, "
         f"{'new column dropped' if r['dropped_column'] else 'new column kept'}, "
-        f"legacy column {'unchanged' if r['legacy_intact'] else 'CHANGED'} ({r['legacy_checksum']})"
+        f"legacy column {'untouched by swarm' if r['legacy_intact'] else 'CHANGED'} "
+        f"({r.get('legacy_rows_unchanged', '-')} rows as planned, {r.get('rows_changed_by_application', '-')} "
+        f"changed by the application, {r.get('rows_inserted', '-')} inserted, {r.get('rows_deleted', '-')} deleted)"
     )
     return EXIT_OK if r["legacy_intact"] else EXIT_FAILED
 
