@@ -71,7 +71,8 @@ def test_orchestrate_migrates_into_halfvec_with_hnsw_and_validates(
         # index = "auto" (the shipped config): above 2000 dims, hnsw on the binary quantization, re-ranked.
         assert "USING hnsw" in indexdef and "binary_quantize" in indexdef and "bit_hamming_ops" in indexdef
         validation = c.execute(
-            "SELECT detail FROM swarm.events WHERE kind = 'validation' AND migration_id = %s", [m.id]
+            "SELECT detail FROM swarm.events WHERE kind = 'validation' AND migration_id = %s ORDER BY id DESC LIMIT 1",
+            [m.id],
         ).fetchone()[0]
         # Documents were embedded without the query prefix: each stored vector is its content's, unprefixed.
         assert check_vectors(c, "documents", str(qwen2_gguf)) == 200
