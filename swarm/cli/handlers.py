@@ -15,6 +15,7 @@ from dataclasses import asdict
 from swarm import commands
 from swarm.core.config import Config, load_config
 from swarm.core.errors import EXIT_FAILED, EXIT_HELD, EXIT_OK, ConfigError, UsageError
+from swarm.migration.status import legacy_summary
 
 
 def out(text: str = "") -> None:
@@ -138,9 +139,7 @@ def rollback(args: argparse.Namespace, cfg: Config) -> int:
     out(
         f"rolled back migration {r['migration']}: share 0% in {r['share_zero_seconds']} s, "
         f"{'new column dropped' if r['dropped_column'] else 'new column kept'}, "
-        f"legacy column {'untouched by swarm' if r['legacy_intact'] else 'CHANGED'} "
-        f"({r.get('legacy_rows_unchanged', '-')} rows as planned, {r.get('rows_changed_by_application', '-')} "
-        f"changed by the application, {r.get('rows_inserted', '-')} inserted, {r.get('rows_deleted', '-')} deleted)"
+        f"legacy column {legacy_summary(r)}"
     )
     return EXIT_OK if r["legacy_intact"] else EXIT_FAILED
 

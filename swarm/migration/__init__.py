@@ -18,7 +18,15 @@ from swarm.migration.plan import (
 from swarm.migration.record import PAUSED, TERMINAL, Migration, event, latest, load, set_state
 from swarm.migration.rollback import drop_sync, fence, retire, rollback, verify_legacy
 from swarm.migration.shards import claim_shard, make_shards, release_shard, reopen, requeue_running, stop_shards
-from swarm.migration.status import check_connection, dead_letters, finish_counts, queue_lag, record_lag, status
+from swarm.migration.status import (
+    check_connection,
+    dead_letters,
+    finish_counts,
+    legacy_summary,
+    queue_lag,
+    record_lag,
+    status,
+)
 
 __all__ = [
     "PAUSED",
@@ -57,6 +65,7 @@ __all__ = [
     "run_ddl",
     "set_state",
     "status",
+    "legacy_summary",
     "stop_shards",
     "table_sizes",
     "target_for",

@@ -13,6 +13,16 @@ from swarm.migration.record import Migration
 from swarm.store.db import Database
 
 
+def legacy_summary(check: dict[str, Any]) -> str:
+    """One line of what the baseline proved about the legacy column (``status``, the report, ``rollback``)."""
+    verdict = {True: "untouched by swarm", False: "CHANGED", None: "not proved"}[check.get("legacy_intact")]
+    return (
+        f"{verdict} ({check.get('legacy_rows_unchanged', '-')} rows as planned, "
+        f"{check.get('rows_changed_by_application', '-')} changed by the application, "
+        f"{check.get('rows_inserted', '-')} inserted, {check.get('rows_deleted', '-')} deleted)"
+    )
+
+
 def finish_counts(conn: psycopg.Connection, m: Migration) -> tuple[int, int, int]:
     """(rows_total, rows_done, rows_failed) as they stand in the table now."""
     total = conn.execute(m.target.count_rows()).fetchone()[0]

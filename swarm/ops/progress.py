@@ -55,12 +55,7 @@ def render_status(st: dict[str, Any]) -> str:
             lines.append(f"  follow    last error: {lag['last_error']}")
     check = st.get("legacy_check")
     if check:
-        verdict = {True: "untouched", False: "CHANGED", None: "not proved"}[check.get("legacy_intact")]
-        lines.append(
-            f"  legacy    {verdict} ({check.get('legacy_rows_unchanged', '-')} rows as planned, "
-            f"{check.get('rows_changed_by_application', '-')} changed by the application, "
-            f"{check.get('rows_inserted', '-')} inserted, {check.get('rows_deleted', '-')} deleted)"
-        )
+        lines.append(f"  legacy    {mig.legacy_summary(check)}")
     sizes = st.get("sizes") or {}
     if sizes:
         mb = lambda b: f"{(b or 0) / 2**20:,.0f} MB"  # noqa: E731

@@ -399,12 +399,7 @@ def _table_md(st: dict[str, Any]) -> list[str]:
     out: list[str] = []
     check = st.get("legacy_check") or {}
     if check:
-        verdict = {True: "untouched by swarm", False: "CHANGED", None: "not proved"}[check.get("legacy_intact")]
-        out.append(
-            f"- **Legacy column**: {verdict}: {check.get('legacy_rows_unchanged', '-')} rows hash as at the plan, "
-            f"{check.get('rows_changed_by_application', '-')} changed by the application, "
-            f"{check.get('rows_inserted', '-')} inserted, {check.get('rows_deleted', '-')} deleted"
-        )
+        out.append(f"- **Legacy column**: {mig.legacy_summary(check)}")
     lag = st.get("follow_lag") or {}
     if lag:
         out.append(
