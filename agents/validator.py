@@ -120,40 +120,35 @@ class Validator:
             "legacy": (t.legacy_column, spec.get("legacy_type"), spec.get("legacy_dim")),
             "new": (t.new_column, m.column_type, m.dimension),
         }
-        out: list[dict[str, Any]] = [{} for _ in queries]
+        arms: dict[str, dict[str, Any]] = {}
         for arm in ("legacy", "new"):
             column, ctype, dim = columns[arm]
-            ann = AnnSettings(**spec["ann"][arm])
-            vectors: Any = None
-            embed_ms = 0.0
-            error: str | None = None
+            entry: dict[str, Any] = {"vectors": None, "embed_ms": 0.0, "error": None, "query": None}
+            entry["ann"] = AnnSettings(**spec["ann"][arm])
             try:
                 if ctype is None or dim is None:
                     raise SwarmError(spec.get("legacy_error") or f"{t.table}.{column} is not a vector column")
                 t0 = time.perf_counter()
-                vectors = self.embedder(arm).embed(texts, query=True) if texts else []
-                embed_ms = (time.perf_counter() - t0) * 1000 / max(1, len(texts))
+                entry["vectors"] = self.embedder(arm).embed(texts, query=True) if texts else []
+                entry["embed_ms"] = (time.perf_counter() - t0) * 1000 / max(1, len(texts))
+                entry["query"] = t.search(column, ctype, dim, require=require)
             except Exception as e:  # the model, or the column: this arm answers nothing
-                error = _short(e)
-            query = t.search(column, ctype, dim, require=require) if ctype and dim and error is None else None
-            for i in range(len(queries)):
-                for mode in ("exact", "ann"):
-                    hit = Hit(embed_ms=embed_ms)
-                    if error is not None:
-                        hit.error = error
-                    else:
-                        try:
-                            vec = vectors[i]
-                            t1 = time.perf_counter()
-                            rows = self.db.run(
-                                _searcher(query, vec, k, None if mode == "exact" else ann), what=f"judge_{arm}_{mode}"
-                            )
-                            hit.search_ms = (time.perf_counter() - t1) * 1000
-                            hit.ids = [r[0] for r in rows]
-                            hit.distances = [float(r[1]) for r in rows]
-                        except (psycopg.Error, SwarmError, ValueError) as e:
-                            hit.error = _short(e)
-                    out[i][f"{arm}_{mode}"] = hit.as_dict()
+                entry["error"] = _short(e)
+            arms[arm] = entry
+        out: list[dict[str, Any]] = []
+        for i in range(len(queries)):
+            hits = {
+                f"{arm}_{mode}": Hit(embed_ms=arms[arm]["embed_ms"], error=arms[arm]["error"])
+                for arm in ("legacy", "new")
+                for mode in ("exact", "ann")
+            }
+            todo = [(key, arms[key.split("_")[0]], key.endswith("_exact")) for key in hits if hits[key].error is None]
+            try:
+                self.db.run(_paired_searches(todo, i, k, hits), what="judge")
+            except (psycopg.Error, SwarmError, ValueError) as e:  # retries spent: every search of this query
+                for key, _, _ in todo:
+                    hits[key].error = _short(e)
+            out.append({key: h.as_dict() for key, h in hits.items()})
         self.judged += len(queries)
         return out
 
@@ -198,12 +193,38 @@ class Validator:
         }
 
 
-def _searcher(query: Any, vec: Any, k: int, ann: Any) -> Any:
-    """One search of :meth:`Validator.judge` as a function of the connection: exact without ``ann``."""
+def _paired_searches(todo: list[tuple[str, dict[str, Any], bool]], i: int, k: int, hits: dict[str, Any]) -> Any:
+    """Query ``i``'s searches (both arms, through the index and exactly) as one function of the connection.
+
+    They run in one read-only REPEATABLE READ transaction: during the backfill both arms are restricted to rows
+    that have a new vector, and the migrators commit new ones all the time; one snapshot makes the four searches
+    of a query see the same rows, so the pair compares the models on like with like. Each search runs in a
+    savepoint that is rolled back (its ``SET LOCAL`` settings reach it alone; an error in it, a timeout say, is
+    that search's and leaves the others); a lost connection is raised for :meth:`Database.run` to retry the
+    whole query. The snapshot lasts one query's searches, not the round's: a round on a big table holds back
+    no vacuum for long.
+    """
     from swarm.store.search import run_search
 
-    def go(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
-        return run_search(conn, query, vec, k, ann, exact=ann is None)
+    def go(conn: psycopg.Connection) -> None:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            for key, arm, exact in todo:
+                hit = hits[key]
+                hit.error, hit.ids, hit.distances = None, [], []
+                t1 = time.perf_counter()
+                try:
+                    with conn.transaction(force_rollback=True):
+                        ann = None if exact else arm["ann"]
+                        rows = run_search(conn, arm["query"], arm["vectors"][i], k, ann, exact=exact)
+                except (psycopg.Error, ValueError) as e:
+                    if conn.broken:
+                        raise
+                    hit.error = _short(e)
+                    continue
+                hit.search_ms = (time.perf_counter() - t1) * 1000
+                hit.ids = [r[0] for r in rows]
+                hit.distances = [float(r[1]) for r in rows]
 
     return go
 
