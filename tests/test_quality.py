@@ -186,6 +186,30 @@ def test_a_regression_in_one_slice_fails_although_the_average_passes() -> None:
     assert small["slices"]["python"]["verdict"].startswith("not gated")
 
 
+def test_a_backfill_round_leaves_an_undecided_slice_to_the_final_round_but_fails_on_a_clear_one() -> None:
+    gates = ValidationConfig(max_mrr_drop=0.05, min_queries=30)
+    n = 430  # 400 queries in "python" unchanged; in "shell" (30) one query loses its answer: noise-sized
+    qs = _labelled(n, {i: "python" if i < 400 else "shell" for i in range(n)})
+    rel = [f"r{i}" for i in range(n)]
+    new = [1] * n
+    new[400] = None
+    hits = _hits({"legacy": [1] * n, "new": new}, rel)
+    during = evaluate(qs, hits, gates, seed=[3, 1], final=False)
+    shell = during["slices"]["shell"]
+    assert shell["interval"]["lo"] <= 0.05 < shell["interval"]["hi"]  # the slice's interval straddles the limit
+    assert during["verdict"] == "PASS" and during["failures"] == [] and during["inconclusive"] == []
+    assert shell["verdict"] == "INCONCLUSIVE (left to the final round)"
+    assert len(during["undecided"]) == 1 and during["undecided"][0].startswith("slice 'shell': MRR@10 drop 0.033")
+    final = evaluate(qs, hits, gates, seed=[3, 1], final=True)
+    assert final["verdict"] == "INCONCLUSIVE" and final["slices"]["shell"]["verdict"] == "INCONCLUSIVE"
+    assert final["undecided"] == []
+    # A slice whose interval lies wholly above the limit stops the backfill at once.
+    for i in range(400, 412):
+        new[i] = None
+    clear = evaluate(qs, _hits({"legacy": [1] * n, "new": new}, rel), gates, seed=[3, 1], final=False)
+    assert clear["verdict"] == "FAIL" and clear["slices"]["shell"]["verdict"] == "FAIL"
+
+
 def test_query_sets_without_labels_are_gated_on_overlap_with_its_interval() -> None:
     gates = ValidationConfig(min_overlap_at_k=0.5, min_queries=30)
     qs = [Query(f"q{i}") for i in range(40)]

@@ -18,13 +18,19 @@ bootstrap interval (95%, ``validation.bootstrap_resamples``, seeded) of the MRR@
 The same for mean overlap@k against ``validation.min_overlap_at_k`` on sets without labels, and for each slice
 of the query set with at least ``validation.min_queries`` judged queries (an average must not hide one slice's
 regression; with S slices gated, each slice's interval is 1 - 5%/S wide, so noise fails a round no more often
-for having slices). Fail closed: fewer than ``min_queries`` judged queries, or errors on the legacy arm, make the round
-INCONCLUSIVE, never a pass. In the final round (``final=True``) the new arm's error rate and p95 search
-latency are gated as well (FAIL); during the backfill the new column has no index yet and shares the machine
-with the migrators, so errors there make a round INCONCLUSIVE and latency is reported, not gated.
+for having slices). During the backfill a slice can only stop the migration: a slice whose interval lies above
+the limit FAILs the round (fail fast), one whose interval straddles it is reported (``undecided``, and the
+slice's own verdict) but leaves the round's verdict to the whole set's gates, because a slice of a partial round
+holds a few dozen queries and its widened interval straddles the limit by noise alone; the final round, on
+every query, gates each slice fully (straddling is INCONCLUSIVE there). Fail closed: fewer than
+``min_queries`` judged queries, or errors on the legacy arm, make the round INCONCLUSIVE, never a pass. In
+the final round (``final=True``) the new arm's error rate and p95 search latency are gated as well (FAIL);
+during the backfill the new column has no index yet and shares the machine with the migrators, so errors there
+make a round INCONCLUSIVE and latency is reported, not gated.
 
 ``failures`` lists every reason the verdict is not PASS (what older readers such as ``decommission`` check);
-``inconclusive`` the reasons that were only inconclusive.
+``inconclusive`` the reasons that were only inconclusive; ``undecided`` the slices a backfill round left to the
+final round.
 """
 
 from __future__ import annotations
@@ -130,6 +136,16 @@ def evaluate(
     gate_pool = labelled if is_labelled else judged
     gated = sum(1 for name in names if sum(1 for i in gate_pool if queries[i].slice == name) >= gates.min_queries)
     slice_level = 1.0 - (1.0 - LEVEL) / max(1, gated)
+    undecided: list[str] = []
+
+    def merge(sub: _Findings) -> str:
+        found.failures += sub.failures
+        if final or sub.failures:
+            found.inconclusive += sub.inconclusive
+            return sub.verdict.value
+        undecided.extend(sub.inconclusive)
+        return f"{sub.verdict.value} (left to the final round)" if sub.inconclusive else sub.verdict.value
+
     for name in names:
         if is_labelled:
             pos = [j for j, i in enumerate(labelled) if queries[i].slice == name]
@@ -139,9 +155,7 @@ def evaluate(
                 iv = _mrr_gate(
                     sub, name, pos, mrr["legacy"][pos], mrr["new"][pos], gates, seed, len(pos), level=slice_level
                 )
-                entry.update(interval=iv, verdict=sub.verdict.value)
-                found.failures += sub.failures
-                found.inconclusive += sub.inconclusive
+                entry.update(interval=iv, verdict=merge(sub))
             else:
                 entry["verdict"] = f"not gated (fewer than validation.min_queries {gates.min_queries})"
             entry["legacy_mrr_at_10"] = _mean(mrr["legacy"][pos]) if pos else None
@@ -152,9 +166,7 @@ def evaluate(
             if len(pos) >= gates.min_queries:
                 sub = _Findings()
                 iv = _overlap_gate(sub, name, overlap[pos], gates, seed, len(pos), k, level=slice_level)
-                entry.update(interval=iv, verdict=sub.verdict.value)
-                found.failures += sub.failures
-                found.inconclusive += sub.inconclusive
+                entry.update(interval=iv, verdict=merge(sub))
             else:
                 entry["verdict"] = f"not gated (fewer than validation.min_queries {gates.min_queries})"
         slices[name] = entry
@@ -174,6 +186,7 @@ def evaluate(
         "verdict": verdict.value,
         "failures": found.failures + found.inconclusive,
         "inconclusive": found.inconclusive,
+        "undecided": undecided,
         "queries": n,
         "judged": len(judged),
         "labelled": len(labelled),
