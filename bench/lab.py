@@ -251,8 +251,10 @@ def create_docs_table(
     *,
     seed: int = 7,
     chunk: int = 20_000,
+    dim: int = DIM,
 ) -> int:
-    """A table shaped like the demo's (``id bigint`` key, ``content text``, legacy ``embedding vector(384)``).
+    """A table shaped like the demo's (``id bigint`` key, ``content text``, legacy ``embedding vector(dim)``,
+    384 by default).
 
     The legacy vectors are random unit vectors: a migration never reads them (only their checksum), and the
     validators that would compare them are off in these figures. Returns the row count.
@@ -269,7 +271,7 @@ def create_docs_table(
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(t))
         conn.execute(
             sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, content text NOT NULL, embedding vector({}))").format(
-                t, sql.Literal(DIM)
+                t, sql.Literal(dim)
             )
         )
         it = iter(rows)
@@ -278,7 +280,7 @@ def create_docs_table(
                 part = [r for _, r in zip(range(chunk), it, strict=False)]
                 if not part:
                     break
-                vecs = _unit_rows(rng, len(part))
+                vecs = _unit_rows(rng, len(part), dim)
                 with (
                     conn.transaction(),
                     cur.copy(

@@ -316,6 +316,9 @@ class Sizes:
     cache_unique: int = 100
     cache_copies: int = 10
     overhead_rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    # None: the demo's rows (real functions, 384-dim legacy and new vectors). A width (e.g. 8): narrow synthetic
+    # rows (a one-line text, legacy and new vectors of that width), for the 10M-row rehearsal on a laptop's disk.
+    overhead_dim: int | None = None
     load_rows: int = 1000  # when the pipeline figure did not run first
     load_requests: int = 400  # per concurrency level (1, 8, 32, 128 clients)
 

@@ -129,6 +129,8 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
     if os.environ.get("SWARM_BENCH_OVERHEAD_ROWS"):  # e.g. 10000,10000000: the 10M-row rehearsal, outside CI
         rows = tuple(int(x) for x in os.environ["SWARM_BENCH_OVERHEAD_ROWS"].split(","))
         sizes = dataclasses.replace(sizes, overhead_rows=rows)
+    if os.environ.get("SWARM_BENCH_OVERHEAD_DIM"):  # e.g. 8: narrow synthetic rows for that rehearsal
+        sizes = dataclasses.replace(sizes, overhead_dim=int(os.environ["SWARM_BENCH_OVERHEAD_DIM"]))
     out = Path(out_dir) if out_dir is not None else Path(cfg.root or ".") / "bench"
     machine = machine_info()
     started = time.perf_counter()
