@@ -359,6 +359,6 @@ TARGETS = {
         for m in ("tokens_per_s", "peak_rss_mb")
     ],
     "cache": [("cache_hit_rate", Target(">=", 0.9))],
-    "overhead": [("overhead_per_row_us", Target("within", 0.25, "ratio"))],
+    "overhead": [("overhead_per_row_us", Target("<=", 1.25, "ratio"))],
     "load": [("load_errors", Target("<=", 0)), ("load_max_connections", Target("<=", 1.0, "ratio"))],
 }
