@@ -348,12 +348,14 @@ class Coordinator:
                 shards[fut] = (worker, shard_id, attempt)
                 log.info("shard.assigned", migration=mid, shard=shard_id, worker=worker, attempt=attempt)
             if not shards:
-                pending = await self._db(
-                    lambda c: c.execute(
-                        "SELECT count(*) FROM swarm.shards WHERE migration_id = %s AND state = 'pending'", [mid]
-                    ).fetchone()[0],
-                    "pending",
-                )
+                pending = (
+                    await self._db(
+                        lambda c: c.execute(
+                            "SELECT count(*) FROM swarm.shards WHERE migration_id = %s AND state = 'pending'", [mid]
+                        ).fetchone(),
+                        "pending",
+                    )
+                )[0]  # count(*): always one row
                 if not pending:
                     break
                 if not returning:

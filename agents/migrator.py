@@ -24,7 +24,7 @@ from swarm.core.config import Config
 from swarm.core.log import configure, get_logger
 from swarm.core.metrics import Metrics, peak_rss_mb, rss_mb
 from swarm.migration.backfill import AlreadyApplied, Batch, BatchResult, Fenced, apply_batch, drain_changes
-from swarm.store.db import Database
+from swarm.store.db import Database, one
 
 log = get_logger()
 
@@ -367,7 +367,7 @@ class DataMigrator:
             ).fetchone(),
             what="shard",
         )
-        lo, hi, last_key = shard
+        lo, hi, last_key = one(shard, f"shard {shard_id} of migration {mid}")
         batch_size = self.cfg.embedding.batch_size
         started = time.monotonic()
         rows = failed = 0

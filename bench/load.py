@@ -89,14 +89,17 @@ class ConnectionSampler(threading.Thread):
         self._ready = threading.Event()
 
     def run(self) -> None:
-        from swarm.store.db import connect
+        from swarm.store.db import connect, one
 
         with connect(self.dsn, application_name="swarm:load-sampler") as conn:
             self._ready.set()
             while not self._stop_event.is_set():
-                n = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [self.application_name]
-                ).fetchone()[0]
+                n = one(
+                    conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [self.application_name]
+                    ).fetchone(),
+                    "the count of the server's connections",
+                )[0]
                 self.max, self.samples = max(self.max, int(n)), self.samples + 1
                 self._stop_event.wait(self.interval)
 
