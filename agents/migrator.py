@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from model.stand_in import StandInEmbedder
 from swarm import migration as mig
@@ -381,7 +382,13 @@ class DataMigrator:
             try:
                 while not stop.is_set():
                     q, params = m.target.read_batch(after, hi, batch_size)
-                    got = rdb.run(lambda c, q=q, p=params: c.execute(q, p).fetchall(), what="read_batch")
+
+                    def read(
+                        c: psycopg.Connection, q: sql.Composed = q, p: list[object] = params
+                    ) -> list[tuple[Any, ...]]:
+                        return c.execute(q, p).fetchall()
+
+                    got = rdb.run(read, what="read_batch")
                     if not got:
                         reader.put(None)
                         return

@@ -295,7 +295,11 @@ def plan(
     if not rehearse:
         baseline_s = time.monotonic()
         for stmt in target.create_baseline(mid, legacy_type(conn, target)):
-            db.run(lambda c, s=stmt: c.execute(s), what="baseline")
+
+            def baseline(c: psycopg.Connection, s: sql.Composed = stmt) -> None:
+                c.execute(s)
+
+            db.run(baseline, what="baseline")
         baseline_s = time.monotonic() - baseline_s
     rows = make_shards(db, mid, target, cfg.swarm.shard_rows)
     sizes = table_sizes(conn, target)

@@ -213,7 +213,11 @@ def _archive(db: Database, cfg: Config, m: mig.Migration, at: Target, batch_rows
     started = time.monotonic()
     while True:
         q, params = t.archive_batch(at, after, batch_rows)
-        last, n = db.run(lambda c, q=q, p=params: c.execute(q, p).fetchone(), what="archive_batch")
+
+        def copy_batch(c: psycopg.Connection, q: sql.Composed = q, p: list[object] = params) -> tuple[Any, ...] | None:
+            return c.execute(q, p).fetchone()
+
+        last, n = one(db.run(copy_batch, what="archive_batch"), "the archive batch's last key and count")
         if not n:
             break
         after, copied, batches = last, copied + int(n), batches + 1

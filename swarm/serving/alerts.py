@@ -300,12 +300,13 @@ class AlertEvaluator:
         for st in self.states.values():
             rule = st.rule
             if rule.arm not in cache:
-                cache[rule.arm] = self.db.run(
-                    lambda c, a=rule.arm: measure(
+
+                def measure_arm(c: psycopg.Connection, a: str = rule.arm) -> dict[str, float | None]:
+                    return measure(
                         c, since=start, until=now, arm=a, migration_id=self.migration_id, sources=self.sources
-                    ),
-                    what="alert_measure",
-                )
+                    )
+
+                cache[rule.arm] = self.db.run(measure_arm, what="alert_measure")
             st.value = cache[rule.arm][rule.metric]
             if rule.holds(st.value):
                 if st.pending_since is None:
