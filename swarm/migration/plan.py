@@ -130,7 +130,7 @@ def run_ddl(db: Database, statements: Iterable[sql.Composable], *, lock_timeout_
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
                 for s in stmts:
-                    conn.execute(s)
+                    conn.execute(sql.Composed([s]))  # the same text; execute's type takes no bare Composable
             return attempt
         except pgerrors.LockNotAvailable:
             if attempt > retries:
