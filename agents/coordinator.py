@@ -346,7 +346,7 @@ class Coordinator:
                 if claim is None:
                     break
                 shard_id, attempt = claim
-                fut = asyncio.ensure_future(
+                fut: asyncio.Future[Any] = asyncio.ensure_future(
                     self._call(worker, "run_shard", mid, shard_id, attempt, len(self.workers()))
                 )
                 shards[fut] = (worker, shard_id, attempt)

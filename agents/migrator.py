@@ -490,7 +490,7 @@ class DataMigrator:
         self.metrics.inc("rows_failed", r.failed, m.id)
         self.metrics.inc("batches", 1, m.id)
         est = getattr(self.embedder, "stats", None)
-        if est is not None and getattr(est, "seconds", 0):
+        if est is not None and getattr(est, "seconds", None):
             self.metrics.set("tokens_per_second", est.tokens / max(est.seconds, 1e-9), m.id)
             self.metrics.inc("cache_hits", est.cache_hits - self._last_hits, m.id)
             self.metrics.inc("cache_misses", est.cache_misses - self._last_misses, m.id)

@@ -111,8 +111,8 @@ def seed(
 
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy("COPY demo_queries (id, query, relevant_ids, slice) FROM STDIN") as cp:
-            for n, q in enumerate(queries, 1):
-                cp.write_row((n, q.query, [q.id], length_slice(q.content)))
+            for qid, q in enumerate(queries, 1):
+                cp.write_row((qid, q.query, [q.id], length_slice(q.content)))
     lists = max(1, len(docs) // 1000)
     conn.execute(
         sql.SQL(
