@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.results import Result, Target, percentile
+from swarm.core.errors import UsageError
 from swarm.core.log import get_logger
 
 log = get_logger()
@@ -127,6 +128,9 @@ def drive(
 ) -> Level:
     """``requests`` searches from ``clients`` concurrent keep-alive clients; returns what they saw."""
     parts = urlsplit(url)
+    host = parts.hostname
+    if host is None:  # before the clients start: a client that cannot connect would leave the others waiting
+        raise UsageError(f"{url}: no host in the URL")
     level = Level(clients, requests)
     lock = threading.Lock()
     counter = iter(range(requests))
@@ -136,7 +140,7 @@ def drive(
         headers["Authorization"] = f"Bearer {token}"
 
     def client(n: int) -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
         start.wait()
         while True:
             with lock:
