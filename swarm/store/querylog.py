@@ -127,6 +127,20 @@ def retention(conn: psycopg.Connection, days: float) -> int:
     return int(n or 0)
 
 
+async def aretention(conn: psycopg.AsyncConnection, days: float) -> int:
+    """The async twin of :func:`retention`."""
+    secs = float(days) * 86400.0
+    cur = await conn.execute("DELETE FROM swarm.query_rollup WHERE minute < now() - make_interval(secs => %s)", [secs])
+    n = cur.rowcount
+    old_log = one(
+        await (await conn.execute("SELECT to_regclass('swarm.query_log')")).fetchone(), "to_regclass('swarm.query_log')"
+    )
+    if old_log[0] is not None:
+        cur = await conn.execute("DELETE FROM swarm.query_log WHERE at < now() - make_interval(secs => %s)", [secs])
+        n += cur.rowcount
+    return int(n or 0)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Reading it back
 # ------------------------------------------------------------------------------------------------------------
