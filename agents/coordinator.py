@@ -338,22 +338,28 @@ class Coordinator:
         while True:
             busy = {w for w, _, _ in shards.values()} | set(returning.values())
             for worker in [w for w in self.workers() if w not in busy]:
-                claim = await self._db(lambda c, w=worker: mig.claim_shard(c, mid, w), "claim")
+
+                def claim_for(c: psycopg.Connection, w: str = worker) -> tuple[int, int] | None:
+                    return mig.claim_shard(c, mid, w)
+
+                claim = await self._db(claim_for, "claim")
                 if claim is None:
                     break
                 shard_id, attempt = claim
-                fut = asyncio.ensure_future(
+                fut: asyncio.Future[Any] = asyncio.ensure_future(
                     self._call(worker, "run_shard", mid, shard_id, attempt, len(self.workers()))
                 )
                 shards[fut] = (worker, shard_id, attempt)
                 log.info("shard.assigned", migration=mid, shard=shard_id, worker=worker, attempt=attempt)
             if not shards:
-                pending = await self._db(
-                    lambda c: c.execute(
-                        "SELECT count(*) FROM swarm.shards WHERE migration_id = %s AND state = 'pending'", [mid]
-                    ).fetchone()[0],
-                    "pending",
-                )
+                pending = (
+                    await self._db(
+                        lambda c: c.execute(
+                            "SELECT count(*) FROM swarm.shards WHERE migration_id = %s AND state = 'pending'", [mid]
+                        ).fetchone(),
+                        "pending",
+                    )
+                )[0]  # count(*): always one row
                 if not pending:
                     break
                 if not returning:
@@ -402,12 +408,11 @@ class Coordinator:
                     continue
                 died = _is_worker_death(err)
                 reason = "worker died" if died else f"{type(err).__name__}: {str(err).splitlines()[-1][:500]}"
-                state = await self._db(
-                    lambda c, sh=shard_id, a=attempt, r=reason: mig.release_shard(
-                        c, mid, sh, a, error=r, max_attempts=s.max_attempts
-                    ),
-                    "release",
-                )
+
+                def release(c: psycopg.Connection, sh: int = shard_id, a: int = attempt, r: str = reason) -> str:
+                    return mig.release_shard(c, mid, sh, a, error=r, max_attempts=s.max_attempts)
+
+                state = await self._db(release, "release")
                 log.warning(
                     "shard.failed",
                     migration=mid,

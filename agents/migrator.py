@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from model.stand_in import StandInEmbedder
 from swarm import migration as mig
@@ -24,7 +25,7 @@ from swarm.core.config import Config
 from swarm.core.log import configure, get_logger
 from swarm.core.metrics import Metrics, peak_rss_mb, rss_mb
 from swarm.migration.backfill import AlreadyApplied, Batch, BatchResult, Fenced, apply_batch, drain_changes
-from swarm.store.db import Database
+from swarm.store.db import Database, one
 
 log = get_logger()
 
@@ -367,7 +368,7 @@ class DataMigrator:
             ).fetchone(),
             what="shard",
         )
-        lo, hi, last_key = shard
+        lo, hi, last_key = one(shard, f"shard {shard_id} of migration {mid}")
         batch_size = self.cfg.embedding.batch_size
         started = time.monotonic()
         rows = failed = 0
@@ -381,7 +382,13 @@ class DataMigrator:
             try:
                 while not stop.is_set():
                     q, params = m.target.read_batch(after, hi, batch_size)
-                    got = rdb.run(lambda c, q=q, p=params: c.execute(q, p).fetchall(), what="read_batch")
+
+                    def read(
+                        c: psycopg.Connection, q: sql.Composed = q, p: list[object] = params
+                    ) -> list[tuple[Any, ...]]:
+                        return c.execute(q, p).fetchall()
+
+                    got = rdb.run(read, what="read_batch")
                     if not got:
                         reader.put(None)
                         return
@@ -483,7 +490,7 @@ class DataMigrator:
         self.metrics.inc("rows_failed", r.failed, m.id)
         self.metrics.inc("batches", 1, m.id)
         est = getattr(self.embedder, "stats", None)
-        if est is not None and getattr(est, "seconds", 0):
+        if est is not None and getattr(est, "seconds", None):
             self.metrics.set("tokens_per_second", est.tokens / max(est.seconds, 1e-9), m.id)
             self.metrics.inc("cache_hits", est.cache_hits - self._last_hits, m.id)
             self.metrics.inc("cache_misses", est.cache_misses - self._last_misses, m.id)

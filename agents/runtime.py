@@ -126,7 +126,7 @@ def connect(
         ray.init(
             address=record["address"],
             namespace=NAMESPACE,
-            logging_level="ERROR",
+            logging_level="ERROR",  # type: ignore[arg-type]  # ray annotates int; setup_logger takes a name too
             log_to_driver=False,
             include_dashboard=None,
         )

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.results import Result, Target, percentile
+from swarm.core.errors import UsageError
 from swarm.core.log import get_logger
 
 log = get_logger()
@@ -89,14 +90,17 @@ class ConnectionSampler(threading.Thread):
         self._ready = threading.Event()
 
     def run(self) -> None:
-        from swarm.store.db import connect
+        from swarm.store.db import connect, one
 
         with connect(self.dsn, application_name="swarm:load-sampler") as conn:
             self._ready.set()
             while not self._stop_event.is_set():
-                n = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [self.application_name]
-                ).fetchone()[0]
+                n = one(
+                    conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [self.application_name]
+                    ).fetchone(),
+                    "the count of the server's connections",
+                )[0]
                 self.max, self.samples = max(self.max, int(n)), self.samples + 1
                 self._stop_event.wait(self.interval)
 
@@ -124,6 +128,9 @@ def drive(
 ) -> Level:
     """``requests`` searches from ``clients`` concurrent keep-alive clients; returns what they saw."""
     parts = urlsplit(url)
+    host = parts.hostname
+    if host is None:  # before the clients start: a client that cannot connect would leave the others waiting
+        raise UsageError(f"{url}: no host in the URL")
     level = Level(clients, requests)
     lock = threading.Lock()
     counter = iter(range(requests))
@@ -133,7 +140,7 @@ def drive(
         headers["Authorization"] = f"Bearer {token}"
 
     def client(n: int) -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
         start.wait()
         while True:
             with lock:

@@ -508,8 +508,8 @@ def rollout(
         if not auto:
             if percent is None:
                 raise UsageError("rollout: give --percent N or --auto")
-            prev = serving_rollout.set_percent(db, m, percent, reason="manual")
-            return EXIT_OK, {"migration": m.id, "previous": prev, "percent": percent, "failures": []}
+            previous = serving_rollout.set_percent(db, m, percent, reason="manual")
+            return EXIT_OK, {"migration": m.id, "previous": previous, "percent": percent, "failures": []}
         result = serving_rollout.run_auto(cfg, db, m, dsn, out=out)
     finally:
         db.close()

@@ -4,6 +4,7 @@ configured, kept for ``rollout.query_log_days``, and its histograms give back th
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ import psycopg
 
 from swarm.serving.recorder import Recorder
 from swarm.serving.rollout import set_percent
-from swarm.serving.router import Router
+from swarm.serving.router import AsyncRouter, Router
 from swarm.store.querylog import BOUNDS_MS, NBUCKETS, arm_stats, bucket_of, quantile
 from tests.test_router import Migrated, migrated, quality_root  # noqa: F401  (fixtures)
 
@@ -173,6 +174,32 @@ def test_the_record_is_kept_for_query_log_days(migrated: Migrated) -> None:  # n
     assert minutes()[0] > datetime.now(UTC) - timedelta(days=3)
     with psycopg.connect(migrated.dsn, autocommit=True) as c:
         assert c.execute("SELECT count(*) FROM swarm.query_log").fetchone()[0] == 1
+
+
+def test_an_async_router_keeps_the_record_for_query_log_days_too(migrated: Migrated) -> None:  # noqa: F811
+    hist = [0] * NBUCKETS
+    old, recent = datetime.now(UTC) - timedelta(days=10), datetime.now(UTC) - timedelta(days=2)
+    with psycopg.connect(migrated.dsn, autocommit=True) as c:
+        for minute in (old, recent):
+            c.execute(
+                "INSERT INTO swarm.query_rollup (minute, source, arm, seen, queries, latency_hist, search_hist, "
+                "embed_hist) VALUES (date_trunc('minute', %s::timestamptz), 'serve', 'legacy', 1, 1, %s, %s, %s)",
+                [minute, hist, hist, hist],
+            )
+
+    def minutes() -> int:
+        with psycopg.connect(migrated.dsn, autocommit=True) as c:
+            return int(c.execute("SELECT count(*) FROM swarm.query_rollup").fetchone()[0])
+
+    async def go() -> int:
+        cfg = migrated.config(rollout={"query_log_days": 7})
+        async with AsyncRouter(cfg, migrated.dsn, source="serve"):
+            deadline = time.monotonic() + 30
+            while minutes() != 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        return minutes()
+
+    assert asyncio.run(go()) == 1
 
 
 def test_the_configured_sample_reaches_the_record(migrated: Migrated) -> None:  # noqa: F811

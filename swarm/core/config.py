@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -392,7 +393,7 @@ def redact_dsn(dsn: str) -> str:
     return re.sub(r"(password\s*=\s*)(\S+)", r"\1****", dsn, flags=re.I)
 
 
-def _fix_for(err: dict[str, Any]) -> str:
+def _fix_for(err: Mapping[str, Any]) -> str:
     etype = err.get("type", "")
     ctx = err.get("ctx") or {}
     if etype == "extra_forbidden":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -54,7 +54,8 @@ class _TeeJSON:
 
     def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
         with open(self._path, "a", encoding="utf-8") as f:
-            f.write(self._render(logger, name, dict(event)) + "\n")
+            # str: the renderer serializes with json.dumps (bytes only come from a serializer such as orjson's)
+            f.write(cast(str, self._render(logger, name, dict(event))) + "\n")
         return event
 
 

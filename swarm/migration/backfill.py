@@ -97,7 +97,7 @@ def apply_batch(
                 "INSERT INTO swarm.dead_letters (migration_id, row_id, reason, content_md5) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (migration_id, row_id) DO UPDATE "
                 "SET reason = EXCLUDED.reason, content_md5 = EXCLUDED.content_md5, at = now()",
-                [(m.id, b.ids[i], errors[i], content_md5(b.texts[i]) if b.texts[i] is not None else None) for i in bad],
+                [(m.id, b.ids[i], errors[i], content_md5(t) if (t := b.texts[i]) is not None else None) for i in bad],
             )
     shard_id = None
     seconds = embed_seconds + (time.monotonic() - t0)

@@ -9,7 +9,7 @@ import psycopg
 
 from swarm.core.log import get_logger
 from swarm.migration.record import Migration
-from swarm.store.db import Database, ServerInfo
+from swarm.store.db import Database, ServerInfo, one
 
 if TYPE_CHECKING:
     from swarm.core.config import SwarmConfig
@@ -78,7 +78,8 @@ def build_index(
     opclass = "bit_hamming_ops" if method == "hnsw-bq" else f"{m.column_type}_cosine_ops"
     lists = None
     if method == "ivfflat":
-        lists = ivfflat_lists(db.run(lambda c: c.execute(m.target.count_with_vector()).fetchone()[0], what="count"))
+        with_vector = db.run(lambda c: c.execute(m.target.count_with_vector()).fetchone(), what="count")
+        lists = ivfflat_lists(one(with_vector, "the count of new vectors")[0])
     create = m.target.create_index(
         m.id, method, opclass, lists, m=s.hnsw_m, ef_construction=s.hnsw_ef_construction, dim=m.dimension
     )
@@ -134,18 +135,24 @@ def cancel_build(conn: psycopg.Connection, mid: int, timeout: float = 30.0) -> i
     dropped by the rollback when the column stays."""
     import time
 
-    cancelled = conn.execute(
-        "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name = %s AND datname = current_database() AND state = 'active'",
-        [index_session(mid)],
-    ).fetchone()[0]
+    cancelled = one(
+        conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s AND datname = current_database() AND state = 'active'",
+            [index_session(mid)],
+        ).fetchone(),
+        "the count of cancelled index builds",
+    )[0]
     deadline = time.monotonic() + timeout
     while cancelled and time.monotonic() < deadline:
-        busy = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active' "
-            "AND datname = current_database()",
-            [index_session(mid)],
-        ).fetchone()[0]
+        busy = one(
+            conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active' "
+                "AND datname = current_database()",
+                [index_session(mid)],
+            ).fetchone(),
+            "the count of index builds still running",
+        )[0]
         if not busy:
             break
         time.sleep(0.1)

@@ -18,7 +18,7 @@ from swarm.core.errors import ConfigError, DimensionMismatch, MigrationError
 from swarm.core.log import get_logger
 from swarm.migration.record import TERMINAL, Migration, event, load, set_state
 from swarm.migration.shards import make_shards
-from swarm.store.db import Database, ServerInfo
+from swarm.store.db import Database, ServerInfo, one
 from swarm.store.sql import Target, regclass_text, split_table
 
 if TYPE_CHECKING:
@@ -86,7 +86,9 @@ def inspect_table(conn: psycopg.Connection, cfg: Config) -> TableInfo:
         raise ConfigError("database.content_column", dbc.content_column, f"is {content_type}; it must be text")
     m = _DIM.match(cols[dbc.legacy_column])
     new = _DIM.match(cols.get(dbc.new_column, "")) if dbc.new_column in cols else None
-    est = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s", [oid]).fetchone()[0]
+    est = one(
+        conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s", [oid]).fetchone(), "the table in pg_class"
+    )[0]
     return TableInfo(
         key_type=cols[dbc.id_column],
         content_type=content_type,
@@ -128,7 +130,7 @@ def run_ddl(db: Database, statements: Iterable[sql.Composable], *, lock_timeout_
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
                 for s in stmts:
-                    conn.execute(s)
+                    conn.execute(sql.Composed([s]))  # the same text; execute's type takes no bare Composable
             return attempt
         except pgerrors.LockNotAvailable:
             if attempt > retries:
@@ -147,7 +149,7 @@ def run_ddl(db: Database, statements: Iterable[sql.Composable], *, lock_timeout_
 # --------------------------------------------------------------------------------------------------------------
 def legacy_checksum(conn: psycopg.Connection, target: Target) -> str:
     """``rows:sum``, an order-independent digest of (key, legacy vector) that streams at any table size."""
-    n, digest = conn.execute(target.legacy_checksum(legacy_type(conn, target))).fetchone()
+    n, digest = one(conn.execute(target.legacy_checksum(legacy_type(conn, target))).fetchone(), "the legacy checksum")
     return f"{n}:{digest}"
 
 
@@ -228,9 +230,12 @@ def plan(
         )
     stale_sync, guards = leftovers(conn, target)
     if not rehearse and table.new_type is not None and not guards:
-        held = conn.execute(
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {new} IS NOT NULL)").format(t=target.t, new=target.new)
-        ).fetchone()[0]
+        held = one(
+            conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {new} IS NOT NULL)").format(t=target.t, new=target.new)
+            ).fetchone(),
+            "whether the new column holds vectors",
+        )[0]
         if held:
             raise MigrationError(
                 f"{target.table}.{target.new_column} already holds vectors that no swarm guard kept current (they may "
@@ -239,29 +244,32 @@ def plan(
     checksum = legacy_checksum(conn, target)
     oid = table_oid(conn, target.table)
     with conn.transaction():
-        mid = conn.execute(
-            "INSERT INTO swarm.migrations (name, state, phase, table_name, id_column, key_type, content_column, "
-            "legacy_column, new_column, column_type, dimension, model_id, model_sha256, config, legacy_checksum, "
-            "rehearsal, table_oid) VALUES (%s, 'planned', 'plan', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s) RETURNING id",
-            [
-                name,
-                target.table,
-                target.id_column,
-                target.key_type,
-                target.content_column,
-                target.legacy_column,
-                target.new_column,
-                column_type,
-                dimension,
-                model_id,
-                model_sha256,
-                json.dumps(cfg.public_dict()),
-                checksum,
-                rehearse,
-                oid,
-            ],
-        ).fetchone()[0]
+        mid = one(
+            conn.execute(
+                "INSERT INTO swarm.migrations (name, state, phase, table_name, id_column, key_type, content_column, "
+                "legacy_column, new_column, column_type, dimension, model_id, model_sha256, config, legacy_checksum, "
+                "rehearsal, table_oid) VALUES (%s, 'planned', 'plan', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s) RETURNING id",
+                [
+                    name,
+                    target.table,
+                    target.id_column,
+                    target.key_type,
+                    target.content_column,
+                    target.legacy_column,
+                    target.new_column,
+                    column_type,
+                    dimension,
+                    model_id,
+                    model_sha256,
+                    json.dumps(cfg.public_dict()),
+                    checksum,
+                    rehearse,
+                    oid,
+                ],
+            ).fetchone(),
+            "the new migration's id",
+        )[0]
     ddl: list[sql.Composable] = []
     for old in stale_sync:
         ddl += target.drop_sync(old)
@@ -287,7 +295,11 @@ def plan(
     if not rehearse:
         baseline_s = time.monotonic()
         for stmt in target.create_baseline(mid, legacy_type(conn, target)):
-            db.run(lambda c, s=stmt: c.execute(s), what="baseline")
+
+            def baseline(c: psycopg.Connection, s: sql.Composed = stmt) -> None:
+                c.execute(s)
+
+            db.run(baseline, what="baseline")
         baseline_s = time.monotonic() - baseline_s
     rows = make_shards(db, mid, target, cfg.swarm.shard_rows)
     sizes = table_sizes(conn, target)
@@ -315,10 +327,13 @@ def plan(
 
 def table_sizes(conn: psycopg.Connection, target: Target) -> dict[str, int]:
     """The table's heap (with TOAST), its indexes, and all of it, in bytes."""
-    row = conn.execute(
-        "SELECT pg_table_size(c), pg_indexes_size(c), pg_total_relation_size(c) FROM to_regclass(%s) AS c",
-        [regclass_text(*split_table(target.table))],
-    ).fetchone()
+    row = one(
+        conn.execute(
+            "SELECT pg_table_size(c), pg_indexes_size(c), pg_total_relation_size(c) FROM to_regclass(%s) AS c",
+            [regclass_text(*split_table(target.table))],
+        ).fetchone(),
+        "the table's sizes",
+    )
     return {"table_bytes": int(row[0] or 0), "index_bytes": int(row[1] or 0), "total_bytes": int(row[2] or 0)}
 
 

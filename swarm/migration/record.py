@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from swarm.core.errors import MigrationError
+from swarm.store.db import one
 from swarm.store.sql import Target
 
 if TYPE_CHECKING:
@@ -114,7 +115,10 @@ def load(conn: psycopg.Connection, migration_id: int) -> Migration:
 
 def latest(conn: psycopg.Connection, cfg: Config | None = None, *, rehearse: bool | None = None) -> Migration | None:
     """The newest migration (of this config's table when given), or None."""
-    if conn.execute("SELECT to_regclass('swarm.migrations')").fetchone()[0] is None:
+    if (
+        one(conn.execute("SELECT to_regclass('swarm.migrations')").fetchone(), "to_regclass('swarm.migrations')")[0]
+        is None
+    ):
         return None
     where: list[sql.Composable] = [sql.SQL("true")]
     params: list[Any] = []

@@ -29,7 +29,7 @@ from swarm.migration.index import cancel_build
 from swarm.migration.plan import legacy_type, run_ddl
 from swarm.migration.record import Migration, event, set_state
 from swarm.migration.shards import stop_shards
-from swarm.store.db import Database
+from swarm.store.db import Database, one
 
 if TYPE_CHECKING:
     from swarm.core.config import Config
@@ -64,12 +64,15 @@ def verify_legacy(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
     :meth:`~swarm.store.sql.Target.verify_baseline`); ``legacy_intact`` is whether no row's legacy vector changed
     without its content changing. Without a baseline (a rehearsal, or a migration planned by an older swarm)
     the answer is ``None``: unknown, never a pass."""
-    exists = conn.execute("SELECT to_regclass(%s)", [f"swarm.baseline_{m.id}"]).fetchone()[0]
+    exists = one(
+        conn.execute("SELECT to_regclass(%s)", [f"swarm.baseline_{m.id}"]).fetchone(), "the baseline's regclass"
+    )[0]
     if exists is None:
         return {"legacy_intact": None, "legacy_check": "no baseline for this migration"}
-    unchanged, legacy_only, app_changed, deleted, inserted = conn.execute(
-        m.target.verify_baseline(m.id, legacy_type(conn, m.target))
-    ).fetchone()
+    unchanged, legacy_only, app_changed, deleted, inserted = one(
+        conn.execute(m.target.verify_baseline(m.id, legacy_type(conn, m.target))).fetchone(),
+        "the comparison with the baseline",
+    )
     return {
         "legacy_intact": legacy_only == 0,
         "legacy_rows_unchanged": int(unchanged),
@@ -178,7 +181,8 @@ def retire(db: Database, m: Migration, cfg: Config, *, reason: str) -> dict[str,
         ),
         what="has_column",
     )
-    oid = db.run(lambda c: c.execute("SELECT to_regclass(%s)::oid::bigint", [_regclass(m)]).fetchone()[0], what="oid")
+    oid_row = db.run(lambda c: c.execute("SELECT to_regclass(%s)::oid::bigint", [_regclass(m)]).fetchone(), what="oid")
+    oid = one(oid_row, "the table's oid")[0]
     # A table dropped and recreated under the same name is another table: nothing of this migration is on it.
     exists = oid is not None and (m.table_oid is None or oid == m.table_oid)
     guarded = False

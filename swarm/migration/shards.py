@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import psycopg
 
-from swarm.store.db import Database
+from swarm.store.db import Database, one
 from swarm.store.sql import Target
 
 
 def make_shards(db: Database, mid: int, target: Target, shard_rows: int) -> int:
     """Split by primary-key ranges of ~``shard_rows`` rows each. Returns the row count."""
     conn = db.conn
-    total = conn.execute(target.count_rows()).fetchone()[0]
+    total = one(conn.execute(target.count_rows()).fetchone(), "the count of the table's rows")[0]
     bounds = [r[0] for r in conn.execute(target.shard_bounds(), {"step": int(shard_rows)}).fetchall()]
     if bounds and len(bounds) * shard_rows == total:
         bounds = bounds[:-1]  # the last bound would leave an empty final shard
@@ -28,7 +28,7 @@ def make_shards(db: Database, mid: int, target: Target, shard_rows: int) -> int:
     # The last shard ends at the greatest key there is now, not at infinity: rows the application inserts after
     # the plan are queued by the sync trigger (installed before this) and embedded by the drain, so a steady
     # stream of inserts cannot keep the backfill chasing the end of the table.
-    top = conn.execute(target.max_key()).fetchone()[0]
+    top = one(conn.execute(target.max_key()).fetchone(), "the table's greatest key")[0]
     ranges.append((lo, top, total - shard_rows * len(bounds)))
     with conn.transaction():
         conn.execute("DELETE FROM swarm.shards WHERE migration_id = %s", [mid])

@@ -10,7 +10,7 @@ from psycopg import sql
 from swarm.core.errors import DatabaseError
 from swarm.migration.index import index_progress
 from swarm.migration.record import Migration
-from swarm.store.db import Database
+from swarm.store.db import Database, one
 
 
 def legacy_summary(check: dict[str, Any]) -> str:
@@ -25,15 +25,18 @@ def legacy_summary(check: dict[str, Any]) -> str:
 
 def finish_counts(conn: psycopg.Connection, m: Migration) -> tuple[int, int, int]:
     """(rows_total, rows_done, rows_failed) as they stand in the table now."""
-    total = conn.execute(m.target.count_rows()).fetchone()[0]
-    done = conn.execute(m.target.count_with_vector()).fetchone()[0]
-    failed = conn.execute(
-        sql.SQL(
-            "SELECT count(*) FROM swarm.dead_letters d WHERE d.migration_id = %s AND EXISTS ("
-            "SELECT 1 FROM {t} t WHERE t.{id}::text = d.row_id AND t.{new} IS NULL)"
-        ).format(t=m.target.t, id=m.target.id, new=m.target.new),
-        [m.id],
-    ).fetchone()[0]
+    total = one(conn.execute(m.target.count_rows()).fetchone(), "the count of the table's rows")[0]
+    done = one(conn.execute(m.target.count_with_vector()).fetchone(), "the count of new vectors")[0]
+    failed = one(
+        conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM swarm.dead_letters d WHERE d.migration_id = %s AND EXISTS ("
+                "SELECT 1 FROM {t} t WHERE t.{id}::text = d.row_id AND t.{new} IS NULL)"
+            ).format(t=m.target.t, id=m.target.id, new=m.target.new),
+            [m.id],
+        ).fetchone(),
+        "the count of failed rows",
+    )[0]
     return int(total), int(done), int(failed)
 
 
@@ -44,30 +47,42 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
         "FROM swarm.shards WHERE migration_id = %s ORDER BY shard_id",
         [m.id],
     ).fetchall()
-    final = conn.execute(
-        "SELECT rows_done, rows_failed, rows_total, extract(epoch FROM coalesce(finished_at, now()) - started_at), "
-        "rollout_percent FROM swarm.migrations WHERE id = %s",
-        [m.id],
-    ).fetchone()
+    final = one(
+        conn.execute(
+            "SELECT rows_done, rows_failed, rows_total, extract(epoch FROM coalesce(finished_at, now()) - started_at), "
+            "rollout_percent FROM swarm.migrations WHERE id = %s",
+            [m.id],
+        ).fetchone(),
+        f"migration {m.id} in swarm.migrations",
+    )
     rows_done_final, rows_failed_final, rows_total, elapsed, rollout = final
     pending, oldest = queue_lag(conn, m.id)
-    extra = conn.execute(
-        "SELECT to_jsonb(m) -> 'lag', to_jsonb(m) -> 'sizes' FROM swarm.migrations m WHERE id = %s", [m.id]
-    ).fetchone()
+    extra = one(
+        conn.execute(
+            "SELECT to_jsonb(m) -> 'lag', to_jsonb(m) -> 'sizes' FROM swarm.migrations m WHERE id = %s", [m.id]
+        ).fetchone(),
+        f"migration {m.id} in swarm.migrations",
+    )
     measured, sizes = (extra[0] or {}), (extra[1] or {})
     checked = conn.execute(
         "SELECT kind, detail FROM swarm.events WHERE migration_id = %s "
         "AND kind IN ('completed', 'rollback', 'retired') AND detail ? 'legacy_intact' ORDER BY id DESC LIMIT 1",
         [m.id],
     ).fetchone()
-    truncated = conn.execute(
-        "SELECT coalesce(sum(truncated), 0) FROM swarm.batches WHERE migration_id = %s", [m.id]
-    ).fetchone()[0]
-    rate = conn.execute(
-        "SELECT coalesce(sum(rows), 0), extract(epoch FROM max(at) - min(at)) FROM swarm.batches "
-        "WHERE migration_id = %s AND at > now() - interval '30 seconds'",
-        [m.id],
-    ).fetchone()
+    truncated = one(
+        conn.execute(
+            "SELECT coalesce(sum(truncated), 0) FROM swarm.batches WHERE migration_id = %s", [m.id]
+        ).fetchone(),
+        "the count of truncated texts",
+    )[0]
+    rate = one(
+        conn.execute(
+            "SELECT coalesce(sum(rows), 0), extract(epoch FROM max(at) - min(at)) FROM swarm.batches "
+            "WHERE migration_id = %s AND at > now() - interval '30 seconds'",
+            [m.id],
+        ).fetchone(),
+        "the rate of the last 30 s",
+    )
     shard_done = sum(s[2] for s in shards)
     shard_failed = sum(s[3] for s in shards)
     rows_done = rows_done_final if rows_done_final is not None else min(shard_done, rows_total)
@@ -129,9 +144,12 @@ def status(conn: psycopg.Connection, m: Migration) -> dict[str, Any]:
 
 def queue_lag(conn: psycopg.Connection, mid: int) -> tuple[int, float | None]:
     """(changed rows waiting in the queue, age in seconds of the oldest)."""
-    n, oldest = conn.execute(
-        "SELECT count(*), extract(epoch FROM now() - min(at)) FROM swarm.changes WHERE migration_id = %s", [mid]
-    ).fetchone()
+    n, oldest = one(
+        conn.execute(
+            "SELECT count(*), extract(epoch FROM now() - min(at)) FROM swarm.changes WHERE migration_id = %s", [mid]
+        ).fetchone(),
+        "the queue's length",
+    )
     return int(n), float(oldest) if oldest is not None else None
 
 

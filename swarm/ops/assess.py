@@ -29,7 +29,7 @@ from swarm.core.config import threads_per_migrator
 from swarm.core.errors import ConfigError
 from swarm.core.log import get_logger
 from swarm.quality import Hit, load_queries, sample, summarize
-from swarm.store.db import connect, register_vector
+from swarm.store.db import connect, one, register_vector
 from swarm.store.embedded import resolve_dsn
 from swarm.store.sql import regclass_text
 
@@ -47,11 +47,14 @@ TOKENIZE_ROWS = 20_000
 def _sizes(conn: psycopg.Connection, cfg: Config) -> dict[str, Any]:
     schema, table = cfg.database.table.split(".", 1) if "." in cfg.database.table else (None, cfg.database.table)
     reg = regclass_text(schema, table)
-    total, heap, idx = conn.execute(
-        "SELECT pg_total_relation_size(to_regclass(%s)), pg_table_size(to_regclass(%s)), "
-        "pg_indexes_size(to_regclass(%s))",
-        [reg, reg, reg],
-    ).fetchone()
+    total, heap, idx = one(
+        conn.execute(
+            "SELECT pg_total_relation_size(to_regclass(%s)), pg_table_size(to_regclass(%s)), "
+            "pg_indexes_size(to_regclass(%s))",
+            [reg, reg, reg],
+        ).fetchone(),
+        "the table's sizes",
+    )
     indexes = conn.execute(
         "SELECT c.relname, am.amname, pg_relation_size(c.oid), pg_get_indexdef(c.oid), "
         "array_agg(a.attname ORDER BY a.attnum) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -115,7 +118,7 @@ def assess(
             f"is {info.legacy_type}, not a vector column",
         )
     target = mig.target_for(cfg, info.key_type)
-    rows = int(conn.execute(target.count_rows()).fetchone()[0])
+    rows = int(one(conn.execute(target.count_rows()).fetchone(), "the count of the table's rows")[0])
     sizes = _sizes(conn, cfg)
     legacy_ix = [ix for ix in sizes["indexes"] if cfg.database.legacy_column in ix["columns"]]
 

@@ -37,7 +37,7 @@ from swarm import migration as mig
 from swarm.core.errors import MigrationError, UsageError
 from swarm.core.log import get_logger
 from swarm.ops import cutover
-from swarm.store.db import Database
+from swarm.store.db import Database, one
 from swarm.store.sql import Target, regclass_text, split_table
 
 if TYPE_CHECKING:
@@ -117,12 +117,18 @@ def legacy_indexes(conn: psycopg.Connection, m: mig.Migration) -> list[str]:
 def _drain(cfg: Config, db: Database, m: mig.Migration) -> int:
     """Embed, in this process, the rows that lost their new vector since the migration ended (the sync trigger
     queued them) and any row with none; returns how many got one."""
-    before = db.run(lambda c: c.execute(m.target.count_missing(), [m.id]).fetchone()[0], what="missing")
+    before = one(
+        db.run(lambda c: c.execute(m.target.count_missing(), [m.id]).fetchone(), what="missing"),
+        "the count of rows without a new vector",
+    )[0]
     db.run(lambda c: mig.enqueue_missing(c, m, limit=1_000_000_000), what="enqueue_missing")
-    queued = db.run(
-        lambda c: c.execute("SELECT count(*) FROM swarm.changes WHERE migration_id = %s", [m.id]).fetchone()[0],
-        what="queued",
-    )
+    queued = one(
+        db.run(
+            lambda c: c.execute("SELECT count(*) FROM swarm.changes WHERE migration_id = %s", [m.id]).fetchone(),
+            what="queued",
+        ),
+        "the count of queued changes",
+    )[0]
     if not queued:
         return 0
     from model.factory import embedder_for
@@ -142,7 +148,10 @@ def _drain(cfg: Config, db: Database, m: mig.Migration) -> int:
             if not n:
                 break
             done += n
-    after = db.run(lambda c: c.execute(m.target.count_missing(), [m.id]).fetchone()[0], what="missing")
+    after = one(
+        db.run(lambda c: c.execute(m.target.count_missing(), [m.id]).fetchone(), what="missing"),
+        "the count of rows without a new vector",
+    )[0]
     return int(before) - int(after)
 
 
@@ -177,21 +186,23 @@ def dependents(conn: psycopg.Connection, m: mig.Migration) -> list[str]:
     return [f"{what} {name}" for what, name in rows]
 
 
-def _column_type(conn: psycopg.Connection, m: mig.Migration) -> str:
+def _column_type(db: Database, m: mig.Migration) -> str:
     t = m.target
-    return str(
-        conn.execute(
+    row = db.run(
+        lambda c: c.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
             "AND attname = %s AND NOT attisdropped",
             [regclass_text(*split_table(t.table)), t.legacy_column],
-        ).fetchone()[0]
+        ).fetchone(),
+        what="legacy_type",
     )
+    return str(one(row, f"the type of the legacy column {t.table}.{t.legacy_column}")[0])
 
 
 def _archive(db: Database, cfg: Config, m: mig.Migration, at: Target, batch_rows: int) -> dict[str, Any]:
     """The capture trigger, then the batches, then the comparison in one snapshot. Returns the figures."""
     t = m.target
-    full_type = db.run(lambda c: _column_type(c, m), what="legacy_type")
+    full_type = _column_type(db, m)
     db.run(lambda c: c.execute(sql.SQL("DROP TABLE IF EXISTS {a}").format(a=at.t)), what="archive_drop")
     db.run(lambda c: c.execute(t.create_archive(at, full_type)), what="archive_create")
     mig.run_ddl(
@@ -202,7 +213,11 @@ def _archive(db: Database, cfg: Config, m: mig.Migration, at: Target, batch_rows
     started = time.monotonic()
     while True:
         q, params = t.archive_batch(at, after, batch_rows)
-        last, n = db.run(lambda c, q=q, p=params: c.execute(q, p).fetchone(), what="archive_batch")
+
+        def copy_batch(c: psycopg.Connection, q: sql.Composed = q, p: list[object] = params) -> tuple[Any, ...] | None:
+            return c.execute(q, p).fetchone()
+
+        last, n = one(db.run(copy_batch, what="archive_batch"), "the archive batch's last key and count")
         if not n:
             break
         after, copied, batches = last, copied + int(n), batches + 1
@@ -211,8 +226,11 @@ def _archive(db: Database, cfg: Config, m: mig.Migration, at: Target, batch_rows
     def compare(conn: psycopg.Connection) -> tuple[str, str]:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            source = conn.execute(t.legacy_checksum(ltype)).fetchone()
-            kept = conn.execute(at.legacy_checksum(ltype, sql.SQL("NOT swarm_deleted"))).fetchone()
+            source = one(conn.execute(t.legacy_checksum(ltype)).fetchone(), "the legacy column's checksum")
+            kept = one(
+                conn.execute(at.legacy_checksum(ltype, sql.SQL("NOT swarm_deleted"))).fetchone(),
+                "the archive's checksum",
+            )
             return f"{source[0]}:{source[1]}", f"{kept[0]}:{kept[1]}"
 
     source, archived = db.run(compare, what="archive_compare")
@@ -303,13 +321,16 @@ def decommission(
     result["dropped_indexes"] = indexes
     db.run(lambda c: c.execute(sql.SQL("DELETE FROM {a} WHERE swarm_deleted").format(a=at.t)), what="tombstones")
     db.run(lambda c: c.execute(sql.SQL("ALTER TABLE {a} DROP COLUMN swarm_deleted").format(a=at.t)), what="archive")
-    n = db.run(lambda c: c.execute(sql.SQL("SELECT count(*) FROM {a}").format(a=at.t)).fetchone()[0], what="n")
-    result["archived_rows"] = int(n)
+    n = db.run(lambda c: c.execute(sql.SQL("SELECT count(*) FROM {a}").format(a=at.t)).fetchone(), what="n")
+    result["archived_rows"] = int(one(n, "the count of archived rows")[0])
     if archive:
         result.update(_write_archive_file(db, at, cfg.path(archive)))
     now_t = replace(t, new_column=t.legacy_column) if rename else t
     result["rows_without_new_vector"] = int(
-        db.run(lambda c: c.execute(now_t.count_missing(), [m.id]).fetchone()[0], what="missing")
+        one(
+            db.run(lambda c: c.execute(now_t.count_missing(), [m.id]).fetchone(), what="missing"),
+            "the count of rows without a new vector",
+        )[0]
     )
 
     def record(conn: psycopg.Connection) -> None:

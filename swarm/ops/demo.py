@@ -19,7 +19,7 @@ from psycopg import sql
 from swarm.core.errors import ConfigError
 from swarm.core.log import get_logger
 from swarm.ops import corpus
-from swarm.store.db import connect, ensure_vector, register_vector
+from swarm.store.db import connect, ensure_vector, one, register_vector
 from swarm.store.embedded import resolve_dsn
 from swarm.store.sql import split_table, table_ident
 
@@ -64,9 +64,12 @@ def seed(
         content=sql.Identifier(db.content_column),
         legacy=sql.Identifier(db.legacy_column),
     )
-    exists = conn.execute("SELECT to_regclass(%s)", [db.table]).fetchone()[0]
+    exists = one(conn.execute("SELECT to_regclass(%s)", [db.table]).fetchone(), "the table's regclass")[0]
     if exists and not force:
-        n = conn.execute(sql.SQL("SELECT count(*), count({legacy}) FROM {t}").format(**ids)).fetchone()
+        n = one(
+            conn.execute(sql.SQL("SELECT count(*), count({legacy}) FROM {t}").format(**ids)).fetchone(),
+            "the table's row counts",
+        )
         if n[0] > 0 and n[0] == n[1] and queries_path.exists():
             return {"table": db.table, "rows": n[0], "queries": _count_lines(queries_path), "created": False}
 
@@ -108,8 +111,8 @@ def seed(
 
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy("COPY demo_queries (id, query, relevant_ids, slice) FROM STDIN") as cp:
-            for n, q in enumerate(queries, 1):
-                cp.write_row((n, q.query, [q.id], length_slice(q.content)))
+            for qid, q in enumerate(queries, 1):
+                cp.write_row((qid, q.query, [q.id], length_slice(q.content)))
     lists = max(1, len(docs) // 1000)
     conn.execute(
         sql.SQL(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -211,8 +212,8 @@ def watch(
         while True:
             try:
                 mm = db.run(lambda c: mig.load(c, m.id), what="load")
-                st = db.run(lambda c, mm=mm: mig.status(c, mm), what="status")
-                st.update(db.run(lambda c, mid=m.id: validation_status(c, mid), what="validation"))
+                st = db.run(partial(mig.status, m=mm), what="status")
+                st.update(db.run(partial(validation_status, mid=m.id), what="validation"))
             except (psycopg.Error, DatabaseError) as e:
                 # The database is away: the coordinator waits for it and resumes; so does the view.
                 if not unreachable_said and not quiet:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from swarm import migration as mig
 from swarm.core.log import get_logger
 from swarm.quality import record
+from swarm.store.db import one
 
 if TYPE_CHECKING:
     import psycopg
@@ -51,12 +52,15 @@ def collect(conn: psycopg.Connection, mid: int) -> dict[str, Any]:
         "ORDER BY shard_id",
         [mid],
     ).fetchall()
-    totals = conn.execute(
-        "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(embed_seconds), 0), "
-        "extract(epoch FROM max(at) - min(at - make_interval(secs => seconds))) FROM swarm.batches "
-        f"WHERE migration_id = %s AND at <= {until}",
-        [mid, mid],
-    ).fetchone()
+    totals = one(
+        conn.execute(
+            "SELECT count(*), coalesce(sum(rows), 0), coalesce(sum(embed_seconds), 0), "
+            "extract(epoch FROM max(at) - min(at - make_interval(secs => seconds))) FROM swarm.batches "
+            f"WHERE migration_id = %s AND at <= {until}",
+            [mid, mid],
+        ).fetchone(),
+        "the backfill's totals",
+    )
     validations = record.rounds(conn, mid)
     return {
         "migration": {k: v for k, v in m.as_dict().items() if k != "config"},

@@ -280,7 +280,10 @@ class AlertEvaluator:
         self.states = {r.name: AlertState(r) for r in rules}
 
     def now(self) -> datetime:
-        return self.db.run(lambda c: c.execute("SELECT clock_timestamp()").fetchone()[0], what="clock")
+        from swarm.store.db import one
+
+        row = self.db.run(lambda c: c.execute("SELECT clock_timestamp()").fetchone(), what="clock")
+        return one(row, "the clock")[0]
 
     def evaluate(self, now: datetime | None = None, *, since: datetime | None = None) -> list[AlertState]:
         """Measure each rule over [max(since, now - lookback), now], advance its state; returns all states.
@@ -297,12 +300,13 @@ class AlertEvaluator:
         for st in self.states.values():
             rule = st.rule
             if rule.arm not in cache:
-                cache[rule.arm] = self.db.run(
-                    lambda c, a=rule.arm: measure(
+
+                def measure_arm(c: psycopg.Connection, a: str = rule.arm) -> dict[str, float | None]:
+                    return measure(
                         c, since=start, until=now, arm=a, migration_id=self.migration_id, sources=self.sources
-                    ),
-                    what="alert_measure",
-                )
+                    )
+
+                cache[rule.arm] = self.db.run(measure_arm, what="alert_measure")
             st.value = cache[rule.arm][rule.metric]
             if rule.holds(st.value):
                 if st.pending_since is None:
@@ -361,7 +365,9 @@ def post_webhook(url: str, payload: dict[str, Any], *, timeout: float = 5.0) -> 
 
 def firing(conn: psycopg.Connection, migration_id: int | None = None) -> list[dict[str, Any]]:
     """Alerts whose last recorded transition is ``firing`` (for ``status``), newest first."""
-    if conn.execute("SELECT to_regclass('swarm.events')").fetchone()[0] is None:
+    from swarm.store.db import one
+
+    if one(conn.execute("SELECT to_regclass('swarm.events')").fetchone(), "to_regclass('swarm.events')")[0] is None:
         return []
     rows = conn.execute(
         "SELECT DISTINCT ON (detail->>'name') detail FROM swarm.events WHERE kind = 'alert' "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from swarm import migration as mig
@@ -33,6 +34,8 @@ from swarm.store.db import Database
 from swarm.store.pool import Runner
 
 if TYPE_CHECKING:
+    import psycopg
+
     from swarm.core.config import Config
     from swarm.serving.router import Router
 
@@ -190,7 +193,7 @@ def auto(
                 report,
             )
             router.flush()  # the step's searches are in the record before the gates read it
-            report.arms = db.run(lambda c, t=since, p=step: _step_stats(c, m.id, t, p), what="step_stats")
+            report.arms = db.run(partial(_step_stats, mid=m.id, since=since, percent=step), what="step_stats")
             report.failures = step_gates(report.arms, cfg)
             states = evaluator.evaluate(since=since)
             firing = [s for s in states if s.state == "firing"]
@@ -214,7 +217,11 @@ def auto(
             log.warning("rollout.hold", percent=step, alerts=[s.rule.name for s in holding])
         report.seconds = time.monotonic() - t_step
         steps.append(report)
-        db.run(lambda c, r=report: mig.event(c, m.id, "rollout_step", **r.as_dict()), what="step_event")
+
+        def step_event(c: psycopg.Connection, r: StepReport = report) -> None:
+            mig.event(c, m.id, "rollout_step", **r.as_dict())
+
+        db.run(step_event, what="step_event")
         log.info(
             "rollout.step",
             migration=m.id,

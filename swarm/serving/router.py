@@ -766,13 +766,12 @@ class AsyncRouter(_RouterBase):
             await self.flush()
 
     async def _retention(self) -> None:
-        secs = float(self.cfg.rollout.query_log_days) * 86400.0
-
-        async def go(c: psycopg.AsyncConnection) -> None:
-            await c.execute(querylog.RETENTION, [secs])
+        days = self.cfg.rollout.query_log_days
 
         try:
-            await self.pool.run(go, what="retention")
+            n = await self.pool.run(lambda c: querylog.aretention(c, days), what="retention")
+            if n:
+                log.info("recorder.retention", deleted=n, days=days)
         except Exception as e:
             log.warning("recorder.retention_failed", error=type(e).__name__)
 

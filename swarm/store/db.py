@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 log = get_logger()
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Errors worth retrying: the transaction lost a race, or the connection went away (server restart,
 # pg_terminate_backend). Branch on classes, never on message text.
@@ -47,6 +48,18 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "swarm
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DatabaseError(f"cannot connect to {redact_dsn(dsn)}: {first}") from None
     return conn
+
+
+def one(row: R | None, what: str) -> R:
+    """The row a ``fetchone()`` returned where the query yields one (an aggregate, ``RETURNING``, a row the caller
+    knows is there): ``one(conn.execute(q).fetchone(), "the backfill's totals")[0]``. Without one, a
+    :class:`DatabaseError` that names ``what`` was expected.
+
+    :meth:`Database.run` retries a DatabaseError (it takes it for a failed connect): around ``run``, apply this to
+    what ``run`` returned, ``one(db.run(lambda c: c.execute(q).fetchone()), what)``, not inside the function."""
+    if row is None:
+        raise DatabaseError(f"the database returned no row for {what}")
+    return row
 
 
 def register_vector(conn: psycopg.Connection) -> None:

@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 
 from swarm.core.errors import DatabaseError
 from swarm.core.log import get_logger
+from swarm.store.db import one
 
 if TYPE_CHECKING:
     from swarm.core.config import Config
@@ -121,11 +122,18 @@ def _tune_embedded(uri: str, pgdata: Path, since: float) -> None:
     (re)start, bring every database's pgvector up to the version this install ships."""
     try:
         with psycopg.connect(uri, autocommit=True, connect_timeout=10) as conn:
-            current = conn.execute(
-                "SELECT setting::bigint * pg_size_bytes(unit) / (1024 * 1024) FROM pg_settings "
-                "WHERE name = 'shared_buffers'"
-            ).fetchone()[0]
-            started = conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())").fetchone()[0] >= since
+            current = one(
+                conn.execute(
+                    "SELECT setting::bigint * pg_size_bytes(unit) / (1024 * 1024) FROM pg_settings "
+                    "WHERE name = 'shared_buffers'"
+                ).fetchone(),
+                "the shared_buffers setting",
+            )[0]
+            start = one(
+                conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())").fetchone(),
+                "the server's start time",
+            )
+            started = start[0] >= since
             foreign = _runs_other_binary(pgdata)
             if current < EMBEDDED_SHARED_BUFFERS_MB:
                 conn.execute(
@@ -133,10 +141,13 @@ def _tune_embedded(uri: str, pgdata: Path, since: float) -> None:
                         sql.Literal(f"{int(EMBEDDED_SHARED_BUFFERS_MB)}MB")
                     )
                 )
-            others = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                "AND pid <> pg_backend_pid()"
-            ).fetchone()[0]
+            others = one(
+                conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                    "AND pid <> pg_backend_pid()"
+                ).fetchone(),
+                "the count of other connections",
+            )[0]
         if current < EMBEDDED_SHARED_BUFFERS_MB or foreign:
             if others:
                 log.info("db.tune_deferred", shared_buffers_mb=EMBEDDED_SHARED_BUFFERS_MB, connections=others)

@@ -26,6 +26,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from swarm.store.db import one
+
 #: Upper bounds (ms) of the latency buckets; a last, open bucket holds the rest.
 BOUNDS_MS: tuple[float, ...] = (
     0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000,
@@ -119,8 +121,23 @@ def retention(conn: psycopg.Connection, days: float) -> int:
     deleted."""
     secs = float(days) * 86400.0
     n = conn.execute("DELETE FROM swarm.query_rollup WHERE minute < now() - make_interval(secs => %s)", [secs]).rowcount
-    if conn.execute("SELECT to_regclass('swarm.query_log')").fetchone()[0] is not None:
+    old_log = one(conn.execute("SELECT to_regclass('swarm.query_log')").fetchone(), "to_regclass('swarm.query_log')")
+    if old_log[0] is not None:
         n += conn.execute("DELETE FROM swarm.query_log WHERE at < now() - make_interval(secs => %s)", [secs]).rowcount
+    return int(n or 0)
+
+
+async def aretention(conn: psycopg.AsyncConnection, days: float) -> int:
+    """The async twin of :func:`retention`."""
+    secs = float(days) * 86400.0
+    cur = await conn.execute("DELETE FROM swarm.query_rollup WHERE minute < now() - make_interval(secs => %s)", [secs])
+    n = cur.rowcount
+    old_log = one(
+        await (await conn.execute("SELECT to_regclass('swarm.query_log')")).fetchone(), "to_regclass('swarm.query_log')"
+    )
+    if old_log[0] is not None:
+        cur = await conn.execute("DELETE FROM swarm.query_log WHERE at < now() - make_interval(secs => %s)", [secs])
+        n += cur.rowcount
     return int(n or 0)
 
 
@@ -178,7 +195,10 @@ def arm_stats(
     q = sql.SQL("SELECT arm, {cols} FROM swarm.query_rollup WHERE {w}").format(
         cols=sql.SQL(", ").join(map(sql.Identifier, (*COUNTS, *SUMS, *HISTS))), w=sql.SQL(" AND ").join(where)
     )
-    if conn.execute("SELECT to_regclass('swarm.query_rollup')").fetchone()[0] is None:
+    exists = one(
+        conn.execute("SELECT to_regclass('swarm.query_rollup')").fetchone(), "to_regclass('swarm.query_rollup')"
+    )
+    if exists[0] is None:
         return {}
     acc: dict[str, dict[str, Any]] = {}
     for row in conn.execute(q, params).fetchall():

@@ -26,6 +26,8 @@ from typing import Any
 
 import psycopg
 
+from swarm.store.db import one
+
 #: Bumped when the functions below change, so a router re-creates them on a database made by an older swarm.
 VERSION = "2"
 
@@ -111,14 +113,14 @@ VERSION_ROW = "SELECT value FROM swarm.settings WHERE name = 'schema.routing'"
 
 def installed(conn: psycopg.Connection) -> bool:
     """Whether this database has the routing functions of this version."""
-    if not conn.execute(HAS_SETTINGS).fetchone()[0]:
+    if not one(conn.execute(HAS_SETTINGS).fetchone(), "whether swarm.settings exists")[0]:
         return False
     row = conn.execute(VERSION_ROW).fetchone()
     return row is not None and row[0] == VERSION
 
 
 async def ainstalled(conn: psycopg.AsyncConnection) -> bool:
-    if not (await (await conn.execute(HAS_SETTINGS)).fetchone())[0]:
+    if not one(await (await conn.execute(HAS_SETTINGS)).fetchone(), "whether swarm.settings exists")[0]:
         return False
     row = await (await conn.execute(VERSION_ROW)).fetchone()
     return row is not None and row[0] == VERSION
@@ -154,7 +156,7 @@ def set_use_new(conn: psycopg.Connection, on: bool, *, reason: str | None = None
 
 def use_new(conn: psycopg.Connection) -> bool:
     """The kill switch as the database holds it (unset: on)."""
-    if conn.execute("SELECT to_regclass('swarm.settings')").fetchone()[0] is None:
+    if one(conn.execute("SELECT to_regclass('swarm.settings')").fetchone(), "to_regclass('swarm.settings')")[0] is None:
         return True
     row = conn.execute("SELECT value FROM swarm.settings WHERE name = %s", [USE_NEW]).fetchone()
     return row is None or row[0] == "true"

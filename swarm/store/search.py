@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.sql import Composed
 
 from swarm.store.sql import Target, regclass_text, split_table
 
@@ -95,7 +96,7 @@ def column_indexes(conn: psycopg.Connection, table: str, column: str) -> list[di
 
 def run_search(
     conn: psycopg.Connection,
-    query: sql.Composable,
+    query: sql.Composed,
     vec: Any,
     k: int,
     ann: AnnSettings | None,
@@ -132,8 +133,8 @@ class SearchQuery:
     Output columns: the key as text, the distance, then ``columns`` in order.
     """
 
-    sql: sql.Composed
-    exact_sql: sql.Composed
+    sql: Composed  # a field named ``sql``: in this class body the name no longer means the module
+    exact_sql: Composed
     filters: tuple[Any, ...] = ()
     columns: tuple[str, ...] = ()
     filtered: bool = False
@@ -219,8 +220,8 @@ def _text(v: Scalar) -> str | None:
     return str(v)
 
 
-def _settings(ann: AnnSettings | None, k: int, iterative: bool) -> list[tuple[sql.Composable, list[str]]]:
-    out: list[tuple[sql.Composable, list[str]]] = []
+def _settings(ann: AnnSettings | None, k: int, iterative: bool) -> list[tuple[sql.SQL, list[str]]]:
+    out: list[tuple[sql.SQL, list[str]]] = []
     if ann is not None:
         out.append((Target.search_settings(), ann.params(k)))
     if iterative:
