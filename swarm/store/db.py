@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg import errors as pgerrors
 
-from swarm.core.errors import DatabaseError
+from swarm.core.errors import DatabaseError, MigrationError
 from swarm.core.log import get_logger
 
 if TYPE_CHECKING:
@@ -53,12 +53,11 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "swarm
 def one(row: R | None, what: str) -> R:
     """The row a ``fetchone()`` returned where the query yields one (an aggregate, ``RETURNING``, a row the caller
     knows is there): ``one(conn.execute(q).fetchone(), "the backfill's totals")[0]``. Without one, a
-    :class:`DatabaseError` that names ``what`` was expected.
-
-    :meth:`Database.run` retries a DatabaseError (it takes it for a failed connect): around ``run``, apply this to
-    what ``run`` returned, ``one(db.run(lambda c: c.execute(q).fetchone()), what)``, not inside the function."""
+    :class:`MigrationError` that names ``what`` was expected: not a :class:`DatabaseError`, which
+    :meth:`Database.run` retries and the coordinator takes for the database being away (a missing row is neither,
+    and waiting will not bring it)."""
     if row is None:
-        raise DatabaseError(f"the database returned no row for {what}")
+        raise MigrationError(f"the database returned no row for {what}")
     return row
 
 
