@@ -212,17 +212,19 @@ def _paired_searches(todo: list[tuple[str, dict[str, Any], bool]], i: int, k: in
             for key, arm, exact in todo:
                 hit = hits[key]
                 hit.error, hit.ids, hit.distances = None, [], []
-                t1 = time.perf_counter()
                 try:
                     with conn.transaction(force_rollback=True):
                         ann = None if exact else arm["ann"]
+                        # Timed as the application's search is (its settings and the query), not the savepoints
+                        # around it: p95 search latency is gated in the final round.
+                        t1 = time.perf_counter()
                         rows = run_search(conn, arm["query"], arm["vectors"][i], k, ann, exact=exact)
+                        hit.search_ms = (time.perf_counter() - t1) * 1000
                 except (psycopg.Error, ValueError) as e:
                     if conn.broken:
                         raise
                     hit.error = _short(e)
                     continue
-                hit.search_ms = (time.perf_counter() - t1) * 1000
                 hit.ids = [r[0] for r in rows]
                 hit.distances = [float(r[1]) for r in rows]
 
