@@ -289,7 +289,8 @@ def start_writer(
     dsn: str, table: str, out: str | Path, *, rows: int, rate: float, until: str, seconds: float, seed: int
 ) -> subprocess.Popen[bytes]:
     """The application in another process (tests/support/writer.py): updates, inserts and deletes ``table`` at
-    ``rate`` changes/s until ``until`` (``index``, ``seconds``, ``never``), each change logged to ``out``."""
+    ``rate`` changes/s until ``until`` (``backfill``, ``index``, ``terminal``, ``never``) or ``seconds``, each change
+    logged to ``out``."""
     args = ["--dsn", dsn, "--table", table, "--ids", f"1-{rows}", "--rate", str(rate), "--until", until]
     args += ["--seconds", str(seconds), "--seed", str(seed), "--out", str(out)]
     return subprocess.Popen([sys.executable, "-m", "tests.support.writer", *args], cwd=REPO, env=cli_env())

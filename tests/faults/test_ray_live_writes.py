@@ -78,7 +78,7 @@ def test_rows_changed_after_completion_get_their_vectors(fresh_swarm: Any, fresh
     cfg = env.make("k_after")
     assert commands.orchestrate(cfg, progress=False) == 0
     changes = env.root / "k_after.json"
-    app = start_writer(env.plain_dsn, "k_after", changes, rows=120, rate=RATE, until="seconds", seconds=8, seed=42)
+    app = start_writer(env.plain_dsn, "k_after", changes, rows=120, rate=RATE, until="never", seconds=8, seed=42)
     assert app.wait(timeout=60) == 0
     # The coordinator follows the table: the queue empties by itself within a few follow intervals.
     status_when(cfg, lambda s: s["pending_changes"] == 0, 120, "the follow mode to embed the changes")
