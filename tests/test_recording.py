@@ -148,16 +148,23 @@ def test_a_search_goes_through_while_the_record_is_locked(migrated: Migrated) ->
     assert router.recorder.failed_flushes >= 1
 
 
-def test_the_record_is_kept_for_query_log_days(migrated: Migrated) -> None:  # noqa: F811
+def _old_and_recent_minutes(dsn: str) -> tuple[datetime, datetime]:
+    """Two rollup minutes, 10 and 2 days old: the record of ``query_log_days = 7`` keeps the second."""
     hist = [0] * NBUCKETS
     old, recent = datetime.now(UTC) - timedelta(days=10), datetime.now(UTC) - timedelta(days=2)
-    with psycopg.connect(migrated.dsn, autocommit=True) as c:
+    with psycopg.connect(dsn, autocommit=True) as c:
         for minute in (old, recent):
             c.execute(
                 "INSERT INTO swarm.query_rollup (minute, source, arm, seen, queries, latency_hist, search_hist, "
                 "embed_hist) VALUES (date_trunc('minute', %s::timestamptz), 'serve', 'legacy', 1, 1, %s, %s, %s)",
                 [minute, hist, hist, hist],
             )
+    return old, recent
+
+
+def test_the_record_is_kept_for_query_log_days(migrated: Migrated) -> None:  # noqa: F811
+    old, recent = _old_and_recent_minutes(migrated.dsn)
+    with psycopg.connect(migrated.dsn, autocommit=True) as c:
         # Rows an earlier swarm wrote to its per-search log go by the same rule.
         c.execute("CREATE TABLE swarm.query_log (id bigserial PRIMARY KEY, at timestamptz NOT NULL)")
         c.execute("INSERT INTO swarm.query_log (at) VALUES (%s), (%s)", [old, recent])
@@ -177,15 +184,7 @@ def test_the_record_is_kept_for_query_log_days(migrated: Migrated) -> None:  # n
 
 
 def test_an_async_router_keeps_the_record_for_query_log_days_too(migrated: Migrated) -> None:  # noqa: F811
-    hist = [0] * NBUCKETS
-    old, recent = datetime.now(UTC) - timedelta(days=10), datetime.now(UTC) - timedelta(days=2)
-    with psycopg.connect(migrated.dsn, autocommit=True) as c:
-        for minute in (old, recent):
-            c.execute(
-                "INSERT INTO swarm.query_rollup (minute, source, arm, seen, queries, latency_hist, search_hist, "
-                "embed_hist) VALUES (date_trunc('minute', %s::timestamptz), 'serve', 'legacy', 1, 1, %s, %s, %s)",
-                [minute, hist, hist, hist],
-            )
+    _old_and_recent_minutes(migrated.dsn)
 
     def minutes() -> int:
         with psycopg.connect(migrated.dsn, autocommit=True) as c:

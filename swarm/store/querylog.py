@@ -116,28 +116,27 @@ async def awrite(conn: psycopg.AsyncConnection, rows: Sequence[Sequence[Any]]) -
         await cur.executemany(upsert_sql(), rows)
 
 
+_DELETE_ROLLUP = "DELETE FROM swarm.query_rollup WHERE minute < now() - make_interval(secs => %s)"
+_OLD_LOG = "SELECT to_regclass('swarm.query_log')"
+_DELETE_OLD_LOG = "DELETE FROM swarm.query_log WHERE at < now() - make_interval(secs => %s)"
+
+
 def retention(conn: psycopg.Connection, days: float) -> int:
     """Delete the record older than ``days`` (the rollup, and rows of the old per-search log); returns rows
     deleted."""
     secs = float(days) * 86400.0
-    n = conn.execute("DELETE FROM swarm.query_rollup WHERE minute < now() - make_interval(secs => %s)", [secs]).rowcount
-    old_log = one(conn.execute("SELECT to_regclass('swarm.query_log')").fetchone(), "to_regclass('swarm.query_log')")
-    if old_log[0] is not None:
-        n += conn.execute("DELETE FROM swarm.query_log WHERE at < now() - make_interval(secs => %s)", [secs]).rowcount
+    n = conn.execute(_DELETE_ROLLUP, [secs]).rowcount
+    if one(conn.execute(_OLD_LOG).fetchone(), _OLD_LOG)[0] is not None:
+        n += conn.execute(_DELETE_OLD_LOG, [secs]).rowcount
     return int(n or 0)
 
 
 async def aretention(conn: psycopg.AsyncConnection, days: float) -> int:
-    """The async twin of :func:`retention`."""
+    """The async twin of :func:`retention` (the same statements)."""
     secs = float(days) * 86400.0
-    cur = await conn.execute("DELETE FROM swarm.query_rollup WHERE minute < now() - make_interval(secs => %s)", [secs])
-    n = cur.rowcount
-    old_log = one(
-        await (await conn.execute("SELECT to_regclass('swarm.query_log')")).fetchone(), "to_regclass('swarm.query_log')"
-    )
-    if old_log[0] is not None:
-        cur = await conn.execute("DELETE FROM swarm.query_log WHERE at < now() - make_interval(secs => %s)", [secs])
-        n += cur.rowcount
+    n = (await conn.execute(_DELETE_ROLLUP, [secs])).rowcount
+    if one(await (await conn.execute(_OLD_LOG)).fetchone(), _OLD_LOG)[0] is not None:
+        n += (await conn.execute(_DELETE_OLD_LOG, [secs])).rowcount
     return int(n or 0)
 
 
