@@ -261,7 +261,7 @@ def _json_default(o: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Figure names and sizes
 # --------------------------------------------------------------------------------------------------------------
-FIGURES = ("embed", "pipeline", "rss", "search", "highdim", "target", "cache", "overhead", "load")
+FIGURES = ("embed", "pipeline", "rss", "search", "highdim", "target", "cache", "overhead", "load", "vecshift")
 ALIASES = {
     "embed_ratio_vs_sentence_transformers": "embed",
     "embed_ratio_f16_vs_sentence_transformers": "embed",
@@ -278,6 +278,7 @@ ALIASES = {
     "overhead_per_row_us": "overhead",
     "load_errors": "load",
     "load_max_connections": "load",
+    "migration_ratio_vs_vecshift": "vecshift",
 }
 
 
@@ -322,6 +323,7 @@ class Sizes:
     overhead_dim: int | None = None
     load_rows: int = 1000  # when the pipeline figure did not run first
     load_requests: int = 400  # per concurrency level (1, 8, 32, 128 clients)
+    vecshift_rows: int = 2000  # migrated by each side; ~300k tokens, a few minutes each on 2 quiet cores
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -340,6 +342,7 @@ class Sizes:
             overhead_rows=(2_000, 10_000, 40_000),
             load_rows=300,
             load_requests=160,
+            vecshift_rows=200,
         )
 
 
@@ -365,4 +368,5 @@ TARGETS = {
     "cache": [("cache_hit_rate", Target(">=", 0.9))],
     "overhead": [("overhead_per_row_us", Target("<=", 1.25, "ratio"))],
     "load": [("load_errors", Target("<=", 0)), ("load_max_connections", Target("<=", 1.0, "ratio"))],
+    "vecshift": [("migration_ratio_vs_vecshift", Target(">=", 1.5, "ratio"))],
 }

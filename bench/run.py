@@ -28,9 +28,12 @@ Figures (``--only`` takes these names or the short aliases in brackets):
    migration with the cache off (time saved).
 8. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
    call to the migration's ``finished_at``, per row; each size against the smallest.
-7. ``load_errors`` and ``load_max_connections`` [load]: ``swarm serve`` on 127.0.0.1 under 1, 8, 32 and 128
+9. ``load_errors`` and ``load_max_connections`` [load]: ``swarm serve`` on 127.0.0.1 under 1, 8, 32 and 128
    concurrent clients (a few hundred searches each, share 50%): p50/p95 and 503s per level in the notes, errors
    (target 0) and the most database connections the server held (target: at most ``serving.pool_size``).
+10. ``migration_ratio_vs_vecshift`` [vecshift]: rows/s of a swarm migration over rows/s of vecshift (PyPI, the
+   peer tool, embedding through ``llama_cpp.server``) migrating a fresh copy of the same table to the same GGUF
+   on the same threads (bench/vecshift.py).
 
 Results go to ``bench/results.json`` and ``bench/results.md``. The exit code is 0 when every figure was measured
 and met its target, 1 otherwise (the table says which and why)."""
@@ -68,6 +71,7 @@ from bench.results import (
 )
 from bench.search import fig_search
 from bench.target import fig_target
+from bench.vecshift import fig_vecshift
 from swarm.core.errors import EXIT_FAILED, EXIT_OK
 from swarm.core.log import get_logger
 
@@ -87,6 +91,7 @@ RUNNERS: dict[str, Callable[[Lab], list[Result]]] = {
     "cache": fig_cache,
     "overhead": fig_overhead,
     "load": fig_load,
+    "vecshift": fig_vecshift,
 }
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from bench import results as bench_results
 from bench import search as bench_search
+from bench import vecshift as bench_vecshift
 from bench.results import Result, Target
 from bench.run import run as bench_run
 from swarm.core.config import load_config
@@ -86,6 +87,7 @@ def test_figure_selection_takes_names_and_aliases_in_bench_order() -> None:
     assert bench_results.select_figures(None) == list(bench_results.FIGURES)
     assert bench_results.select_figures(["search_recall_at_10", "embed", "search_p95_ms"]) == ["embed", "search"]
     assert bench_results.select_figures(["overhead_per_row_us", "cache"]) == ["cache", "overhead"]
+    assert bench_results.select_figures(["migration_ratio_vs_vecshift"]) == ["vecshift"]
     with pytest.raises(UsageError, match="no such figure"):
         bench_results.select_figures(["embedding"])
 
@@ -196,3 +198,79 @@ def test_an_only_run_keeps_the_other_figures_of_the_last_run(tmp_path: Path) -> 
     assert kept[0].passed and kept[0].notes == "(measured 2026-11-26 03:00 UTC) 5000 rows"
     assert bench_results.previous_results(tmp_path, quick=True, rerun=["search"]) == []  # a quick run never mixes in
     assert bench_results.previous_results(tmp_path / "none", quick=False, rerun=[]) == []
+
+
+def test_the_peer_server_embeds_whole_texts_on_the_swarms_threads() -> None:
+    """llama_cpp.server for the vecshift figure: embedding mode, both thread counts (embedding is a batch
+    decode; n_threads_batch would default to every core), and one token limit for n_ctx, n_batch and n_ubatch
+    (Llama.embed silently cuts a text to n_batch tokens; Llama clamps n_batch to n_ctx)."""
+    cmd = bench_vecshift.server_command(
+        "/venv/bin/python", Path("/m/minilm.gguf"), port=8089, threads=2, max_tokens=512, flash_attn=True
+    )
+    assert cmd[:3] == ["/venv/bin/python", "-m", "llama_cpp.server"]
+    flags = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert flags["--model"] == "/m/minilm.gguf" and flags["--embedding"] == "true"
+    assert (flags["--host"], flags["--port"]) == ("127.0.0.1", "8089")
+    assert flags["--n_threads"] == flags["--n_threads_batch"] == "2"
+    assert flags["--n_ctx"] == flags["--n_batch"] == flags["--n_ubatch"] == "512"
+    assert flags["--flash_attn"] == "true" and flags["--model_alias"] == bench_vecshift.MODEL_NAME
+
+
+def test_the_vecshift_job_file_is_one_vecshift_accepts(tmp_path: Path) -> None:
+    """The job written for ``vecshift apply``: JSON read by vecshift's own loader (a strict schema), the model's
+    width known without calling it, no price, the request size the figure chose."""
+    spec = pytest.importorskip("vecshift.jobs.spec")
+    models = pytest.importorskip("vecshift.embeddings.spec")
+    doc = bench_vecshift.job_document(name="bench", table="documents", url="http://127.0.0.1:8089/v1")
+    path = tmp_path / "vecshift.yaml"
+    path.write_text(json.dumps(doc))
+    job = spec.load_job(path)
+    src = job.pg_source
+    assert (src.table, src.vector_column, src.text_column, src.dsn_env) == (
+        "documents",
+        "embedding",
+        "content",
+        "VECSHIFT_DSN",
+    )
+    assert (job.target.column, str(job.target.index), str(job.target.metric)) == ("embedding_v2", "hnsw", "cosine")
+    model = models.parse_spec(job.model)
+    assert model.url == "http://127.0.0.1:8089/v1" and model.price == 0
+    assert model.output_dimensions == 384 and model.dimensions is None  # known: no plan --probe, no dimensions=
+    assert model.batch_size == bench_vecshift.REQUEST_TEXTS
+    with pytest.raises(ValueError, match="commas"):
+        bench_vecshift.model_spec("http://h/v1?a=1,2")
+
+
+def test_vecshift_apply_events_give_its_status_rows_and_phase_times() -> None:
+    """``vecshift apply --json`` as it printed it (a 1000-row run), stamped on arrival; stray lines ignored."""
+    out = [
+        (8.826, '{"event": "column", "added": true}\n'),
+        (8.857, '{"event": "trigger", "added": true}\n'),
+        (8.920, '{"event": "start", "pending": 1000, "spent_before": 0.0}\n'),
+        (9.0, "Warning: something on stdout\n"),
+        (9.1, "{not json\n"),
+        (629.767, '{"event": "batch", "pass": 1, "written": 256, "rows_written": 256}\n'),
+        (1580.273, '{"event": "batch", "pass": 1, "written": 256, "rows_written": 512}\n'),
+        (2125.836, '{"event": "batch", "pass": 1, "written": 488, "rows_written": 1000}\n'),
+        (2125.864, '{"event": "pass", "number": 1, "remaining": 0}\n'),
+        (2125.865, '{"event": "index", "state": "building", "method": "hnsw"}\n'),
+        (2127.589, '{"event": "index", "state": "built"}\n'),
+        (2127.612, '{"event": "done", "status": "complete"}\n'),
+        (
+            2127.626,
+            '{"event": "result", "status": "complete", "rows_written": 1000, "rows_failed": 0, "remaining": 0, '
+            '"tokens": 196604, "seconds": 2118.8, "index": "built", "message": "Every row with text has a new '
+            'vector."}\n',
+        ),
+    ]
+    events = bench_vecshift.parse_events(out)
+    assert len(events) == 11 and events[0] == {"event": "column", "added": True, "_t": 8.826}
+    got = bench_vecshift.summarize_apply(events)
+    assert (got["status"], got["rows_written"], got["rows_failed"], got["remaining"]) == ("complete", 1000, 0, 0)
+    assert (got["tokens"], got["index"], got["chunks"], got["passes"]) == (196604, "built", 3, 1)
+    assert got["pending_at_start"] == 1000 and got["setup_s"] == 8.92
+    assert got["backfill_s"] == pytest.approx(2125.864 - 8.92)
+    assert got["index_s"] == pytest.approx(1.724)
+    # Killed before its result: nothing to report as complete.
+    cut = bench_vecshift.summarize_apply(events[:5])
+    assert (cut["status"], cut["rows_written"], cut["index_s"]) == (None, 0, None)
