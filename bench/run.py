@@ -16,8 +16,8 @@ Figures (``--only`` takes these names or the short aliases in brackets):
 3. ``migrator_rss_mb`` [rss]: peak RSS (VmHWM) of a data-migrator actor after a migration, next to a rehearsal
    migrator (same actor and work, no model).
 4. ``search_p95_ms`` and ``search_recall_at_10`` [search]: swarm's search SQL through the ANN index swarm builds,
-   on synthetic 384-dim vectors shaped like MiniLM's; ivfflat probes and hnsw ef_search are swept and the
-   cheapest setting with recall@10 >= 0.95 is reported, next to exact search.
+   on synthetic 384-dim vectors shaped like MiniLM's (not model embeddings), with the configured index and
+   settings, next to exact search (recall 1.0 by definition); ivfflat probes and hnsw ef_search are swept.
 5. ``highdim_index_mb``, ``highdim_build_s``, ``highdim_p95_ms``, ``highdim_recall_at_10`` [highdim]: hnsw-bq
    (hnsw on ``binary_quantize(v)::bit(3584)``, re-ranked by exact distance) next to hnsw on ``halfvec(3584)``,
    100,000 synthetic vectors of nomic-embed-code's width (bench/highdim.py).
