@@ -24,8 +24,9 @@ Figures (``--only`` takes these names or the short aliases in brackets):
 6. ``target_tokens_per_s_*`` and ``target_peak_rss_mb_*`` [target]: llama.cpp f16 / Q8_0 / Q4_K_M against
    transformers fp32 on a Qwen2-0.5B-shaped model (nomic-embed-code's architecture), same weights, texts and
    threads, each run in its own process (bench/target.py).
-7. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
-   migration with the cache off (time saved).
+7. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents: vectors taken from
+   a cache over those plus model computations (rows repeating an earlier row of their batch counted apart), next
+   to the same migration with the cache off (time saved).
 8. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
    call to the migration's ``finished_at``, per row; each size against the smallest.
 7. ``load_errors`` and ``load_max_connections`` [load]: ``swarm serve`` on 127.0.0.1 under 1, 8, 32 and 128
