@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swarm.core.errors import UsageError
+from swarm.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from swarm.core.log import get_logger
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class Result:
     notes: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # When an earlier run measured it: a figure kept from that run (``--only``), shown but never counted.
+    measured: str | None = None
 
     @property
     def passed(self) -> bool | None:
@@ -92,8 +94,8 @@ class Result:
 
 def previous_results(out_dir: Path, *, quick: bool, rerun: Sequence[str]) -> list[Result]:
     """The figures of the last run in ``out_dir`` (same ``quick``) that this run does not measure again, so a
-    ``--only`` run updates its figures in the table instead of dropping the others. Each keeps a note of when
-    it was measured."""
+    ``--only`` run updates its figures in the table instead of dropping the others. Each keeps the date it was
+    measured (``Result.measured``): the table shows it, and :func:`exit_code` does not count it."""
     path = out_dir / "results.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -107,6 +109,10 @@ def previous_results(out_dir: Path, *, quick: bool, rerun: Sequence[str]) -> lis
     for d in data.get("results", []):
         if d.get("figure") in names:
             continue
+        details = d.get("details") or {}
+        notes = d.get("notes", "")
+        if notes.startswith("(measured ") and ") " in notes:  # written before `measured` had its own field
+            notes = notes.split(") ", 1)[1]
         try:
             r = Result(
                 d["figure"],
@@ -117,17 +123,22 @@ def previous_results(out_dir: Path, *, quick: bool, rerun: Sequence[str]) -> lis
                 baseline_label=d.get("baseline_label", ""),
                 ratio=d.get("ratio"),
                 ratio_label=d.get("ratio_label", ""),
-                notes=d.get("notes", ""),
-                details=d.get("details") or {},
+                notes=notes,
+                details=details,
                 error=d.get("error"),
+                measured=d.get("measured") or details.pop("measured", None) or when,
             )
         except (KeyError, TypeError):
             continue
-        r.details.setdefault("measured", when)
-        if not r.notes.startswith("(measured "):
-            r.notes = f"(measured {r.details['measured']}) {r.notes}"
         kept.append(r)
     return kept
+
+
+def exit_code(results: Sequence[Result]) -> int:
+    """0 when this run measured a figure and every figure it measured met its target, 1 otherwise. Figures kept
+    from an earlier run (``measured`` set) are in the table for reference and never counted, pass or miss."""
+    measured = [r for r in results if r.measured is None]
+    return EXIT_OK if measured and all(r.passed for r in measured) else EXIT_FAILED
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -189,19 +200,28 @@ def render_markdown(results: Sequence[Result], machine: dict[str, Any], *, quick
         f"Ray {machine.get('ray')}.",
         f"Load average (1/5/15 min) at start {_loads(load[0])}, at end {_loads(load[1])}; "
         f"run took {seconds / 60:.1f} min on {machine.get('date')}.",
+    ]
+    if any(r.measured for r in results):
+        lines.append(
+            "Figures whose result says *measured DATE* were not measured by this run: they are kept from an "
+            "earlier one for reference and are not counted in this run's exit code."
+        )
+    lines += [
         "",
         "| figure | value | baseline | ratio | target | result | notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        verdict = {"error": "**error**", "miss": "**miss**"}.get(r.verdict, r.verdict)
+        if r.measured:
+            verdict += f" (*measured {r.measured}*, not counted)"
         if r.error:
-            lines.append(f"| {r.figure} | - | - | - | {r.target} | **error** | {_cell(r.error)} |")
+            lines.append(f"| {r.figure} | - | - | - | {r.target} | {verdict} | {_cell(r.error)} |")
             continue
         base = r.baseline_label or "-"
         if r.baseline is not None:
             base = f"{_fmt(r.baseline)} ({r.baseline_label})" if r.baseline_label else _fmt(r.baseline)
         rat = f"{_fmt(r.ratio)} ({r.ratio_label})" if r.ratio is not None else "-"
-        verdict = r.verdict if r.verdict != "miss" else "**miss**"
         lines.append(
             f"| {r.figure} | {_fmt(r.value, r.unit)} | {_cell(base)} | {_cell(rat)} | {r.target} | {verdict} | "
             f"{_cell(r.notes)} |"

@@ -194,6 +194,46 @@ def test_an_only_run_keeps_the_other_figures_of_the_last_run(tmp_path: Path) -> 
     bench_results.write_results(tmp_path, old, machine, quick=False, seconds=60, figures=["pipeline", "search"])
     kept = bench_results.previous_results(tmp_path, quick=False, rerun=["search"])
     assert [r.figure for r in kept] == ["pipeline_efficiency"]
-    assert kept[0].passed and kept[0].notes == "(measured 2026-11-26 03:00 UTC) 5000 rows"
+    assert kept[0].passed and kept[0].notes == "5000 rows" and kept[0].measured == "2026-11-26 03:00 UTC"
     assert bench_results.previous_results(tmp_path, quick=True, rerun=["search"]) == []  # a quick run never mixes in
     assert bench_results.previous_results(tmp_path / "none", quick=False, rerun=[]) == []
+
+
+def test_kept_figures_keep_their_first_date_and_never_count_in_the_exit_code(tmp_path: Path) -> None:
+    """``--only search`` after a full run: the pipeline figure stays in the table, dated, pass or miss alike, and
+    the exit code is this run's alone."""
+    first = [
+        Result("pipeline_efficiency", 80.0, "rows/s", Target(">=", 0.9, "ratio"), ratio=0.8),
+        Result("migrator_rss_mb", 300.0, "MB", Target("<=", 400)),
+        Result("search_p95_ms", 17.4, "ms", Target("<=", 10)),
+    ]
+    machine = {"cores": 2, "date": "2026-11-26 03:00 UTC"}
+    bench_results.write_results(tmp_path, first, machine, quick=False, seconds=60, figures=["pipeline", "search"])
+    kept = bench_results.previous_results(tmp_path, quick=False, rerun=["search"])
+    fast = Result("search_p95_ms", 8.0, "ms", Target("<=", 10))
+    assert [r.figure for r in kept] == ["pipeline_efficiency", "migrator_rss_mb"] and not kept[0].passed
+    assert bench_results.exit_code([*kept, fast]) == 0  # the kept miss does not fail this run
+    assert bench_results.exit_code([*kept, Result("search_p95_ms", 12.0, "ms", Target("<=", 10))]) == 1
+    assert bench_results.exit_code(kept) == 1  # nothing measured by this run
+    assert bench_results.exit_code([fast, Result("load_errors", None, "", Target("<=", 0), error="boom")]) == 1
+
+    # A second --only run: the kept figures keep the date of the run that measured them, not the last run's.
+    later = {"cores": 2, "date": "2026-11-27 09:00 UTC"}
+    bench_results.write_results(tmp_path, [*kept, fast], later, quick=False, seconds=60, figures=["search"])
+    again = bench_results.previous_results(tmp_path, quick=False, rerun=["rss"])
+    assert {r.figure: r.measured for r in again} == {
+        "pipeline_efficiency": "2026-11-26 03:00 UTC",
+        "search_p95_ms": "2026-11-27 09:00 UTC",
+    }
+
+
+def test_the_table_dates_kept_figures_and_says_they_are_not_counted() -> None:
+    new = Result("search_p95_ms", 8.0, "ms", Target("<=", 10), notes="200 queries")
+    kept = Result("pipeline_efficiency", 80.0, "rows/s", Target(">=", 0.9, "ratio"), ratio=0.8, notes="5000 rows")
+    kept.measured = "2026-11-26 03:00 UTC"
+    md = bench_results.render_markdown([kept, new], MACHINE, quick=False, seconds=60)
+    assert "not counted in this run's exit code" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "figure" not in line]
+    assert "**miss** (*measured 2026-11-26 03:00 UTC*, not counted)" in rows[0] and "| 5000 rows |" in rows[0]
+    assert "| pass | 200 queries |" in rows[1] and "measured" not in rows[1]
+    assert "not counted" not in bench_results.render_markdown([new], MACHINE, quick=False, seconds=60)
