@@ -189,15 +189,15 @@ def _fmt(x: float | None, unit: str = "") -> str:
 
 
 def render_markdown(results: Sequence[Result], machine: dict[str, Any], *, quick: bool, seconds: float) -> str:
-    """The results table (figure, value, baseline, ratio, target, pass/miss, notes) with the machine."""
+    """The results table (figure, value, baseline, ratio, target, pass/miss, load, notes) with the machine, the
+    versions that produced it and the load average during the run."""
     load = machine.get("loadavg_start"), machine.get("loadavg_end")
     lines = [
         "# swarm bench" + (" (quick: smaller sizes, not comparable to the targets)" if quick else ""),
         "",
-        f"Machine: {machine.get('cores')} cores, {machine.get('cpu_model')}, {machine.get('memory_gb')} GB RAM, "
-        f"{machine.get('system')}; Python {machine.get('python')}, llama-cpp-python {machine.get('llama_cpp')}, "
-        f"PostgreSQL {machine.get('postgres') or '-'} + pgvector {machine.get('pgvector') or '-'}, "
-        f"Ray {machine.get('ray')}.",
+        f"Machine: {machine.get('host') or '-'}, {machine.get('cores')} cores, {machine.get('cpu_model')}, "
+        f"{machine.get('memory_gb')} GB RAM, {machine.get('system')}.",
+        f"Versions: {versions_line(machine)}.",
         f"Load average (1/5/15 min) at start {_loads(load[0])}, at end {_loads(load[1])}; "
         f"run took {seconds / 60:.1f} min on {machine.get('date')}.",
     ]
@@ -208,15 +208,16 @@ def render_markdown(results: Sequence[Result], machine: dict[str, Any], *, quick
         )
     lines += [
         "",
-        "| figure | value | baseline | ratio | target | result | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| figure | value | baseline | ratio | target | result | load (1 min, start → end) | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         verdict = {"error": "**error**", "miss": "**miss**"}.get(r.verdict, r.verdict)
         if r.measured:
             verdict += f" (*measured {r.measured}*, not counted)"
+        load_cell = figure_load(r)
         if r.error:
-            lines.append(f"| {r.figure} | - | - | - | {r.target} | {verdict} | {_cell(r.error)} |")
+            lines.append(f"| {r.figure} | - | - | - | {r.target} | {verdict} | {load_cell} | {_cell(r.error)} |")
             continue
         base = r.baseline_label or "-"
         if r.baseline is not None:
@@ -224,10 +225,35 @@ def render_markdown(results: Sequence[Result], machine: dict[str, Any], *, quick
         rat = f"{_fmt(r.ratio)} ({r.ratio_label})" if r.ratio is not None else "-"
         lines.append(
             f"| {r.figure} | {_fmt(r.value, r.unit)} | {_cell(base)} | {_cell(rat)} | {r.target} | {verdict} | "
-            f"{_cell(r.notes)} |"
+            f"{load_cell} | {_cell(r.notes)} |"
         )
     lines += ["", "Details of each figure (sweeps, phases, per-round timings) are in `results.json`.", ""]
     return "\n".join(lines)
+
+
+def versions_line(machine: dict[str, Any]) -> str:
+    """Python, llama-cpp-python and the llama.cpp it vendors (commit, ggml, the CPU features it was built with),
+    torch, sentence-transformers, Ray, PostgreSQL and pgvector."""
+    build = ", ".join(
+        f"{label}{machine[key]}"
+        for key, label in (("llama_cpp_commit", "llama.cpp "), ("ggml", "ggml "), ("llama_cpp_system", ""))
+        if machine.get(key)
+    )
+    return (
+        f"Python {machine.get('python')}, llama-cpp-python {machine.get('llama_cpp')}"
+        + (f" ({build})" if build else "")
+        + f", torch {machine.get('torch') or '-'}, sentence-transformers {machine.get('sentence_transformers') or '-'}"
+        f", Ray {machine.get('ray')}, PostgreSQL {machine.get('postgres') or '-'}"
+        f" + pgvector {machine.get('pgvector') or '-'}"
+    )
+
+
+def figure_load(r: Result) -> str:
+    """The 1-minute load average when the figure started and when it ended (``-`` where not recorded)."""
+    start, end = r.details.get("loadavg_start"), r.details.get("loadavg_after")
+    if not start and not end:
+        return "-"
+    return " → ".join(f"{x[0]:.2f}" if x else "-" for x in (start, end))
 
 
 def _loads(x: Any) -> str:

@@ -33,9 +33,10 @@ Figures (``--only`` takes these names or the short aliases in brackets):
    concurrent clients (a few hundred searches each, share 50%): p50/p95 and 503s per level in the notes, errors
    (target 0) and the most database connections the server held (target: at most ``serving.pool_size``).
 
-Results go to ``bench/results.json`` and ``bench/results.md``. The exit code is 0 when every figure this run
-measured met its target, 1 otherwise (the table says which and why); with ``--only``, the other figures of the last
-run stay in the table with the date they were measured, and are not counted."""
+Results go to ``bench/results.json`` and ``bench/results.md``, with the machine, the versions and the load average
+during each figure. The exit code is 0 when every figure this run measured met its target, 1 otherwise (the table
+says which and why); with ``--only``, the other figures of the last run stay in the table with the date they were
+measured, and are not counted."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ RUNNERS: dict[str, Callable[[Lab], list[Result]]] = {
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, memory, OS, versions and load: printed with every result."""
+    """Host, cores, CPU model, memory, OS, versions and load: printed with every result."""
     model = platform.processor() or "-"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -106,18 +107,47 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 mem = round(int(line.split()[1]) / 2**20, 1)
     return {
+        "host": platform.node(),
         "cores": os.cpu_count(),
         "cpu_model": model,
         "memory_gb": mem,
         "system": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": platform.python_version(),
         "llama_cpp": version("llama-cpp-python"),
+        **llama_cpp_build(),
         "ray": version("ray"),
         "torch": version("torch"),
         "sentence_transformers": version("sentence-transformers"),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def llama_cpp_build() -> dict[str, str]:
+    """The llama.cpp that llama-cpp-python vendors: its commit, ggml's version and the CPU features it was built
+    with (read from the libraries, no model loaded); empty where this llama-cpp-python does not expose them."""
+    import ctypes
+
+    out: dict[str, str] = {}
+    try:
+        import llama_cpp
+        from llama_cpp import llama_cpp as lib
+    except Exception:  # not installed, or its library does not load: the versions line says "-"
+        return out
+    for key, symbol in (("llama_cpp_commit", "ggml_commit"), ("ggml", "ggml_version")):
+        with contextlib.suppress(AttributeError, OSError):
+            fn = getattr(lib._lib, symbol)  # ggml's, reached through libllama (not bound by llama-cpp-python)
+            fn.argtypes, fn.restype = [], ctypes.c_char_p
+            out[key] = fn().decode()
+    with contextlib.suppress(Exception):
+        out["llama_cpp_system"] = system_features(llama_cpp.llama_print_system_info().decode())
+    return out
+
+
+def system_features(info: str) -> str:
+    """``CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | ...`` (llama_print_system_info) as ``CPU: SSE3 AVX ...``."""
+    parts = [p.strip().replace(" : ", ": ") for p in info.split("|")]
+    return " ".join(p.removesuffix(" = 1") for p in parts if p and not p.endswith(" = 0"))
 
 
 def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.PathLike[str] | None = None) -> int:
@@ -151,7 +181,7 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
     )
     try:
         for name in figures:
-            t = time.perf_counter()
+            t, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
             _say(f"\n== {name} ...")
             try:
                 got = RUNNERS[name](lab)
@@ -163,6 +193,7 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
                 got = [Result(fig, None, "", target, error=reason) for fig, target in TARGETS[name]]
             for r in got:
                 r.details.setdefault("figure_seconds", round(time.perf_counter() - t, 1))
+                r.details.setdefault("loadavg_start", load_before)
                 r.details.setdefault("loadavg_after", [round(x, 2) for x in os.getloadavg()])
                 _say(_line(r))
             results.extend(got)

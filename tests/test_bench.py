@@ -18,6 +18,7 @@ from bench import results as bench_results
 from bench import search as bench_search
 from bench.results import Result, Target
 from bench.run import run as bench_run
+from bench.run import system_features
 from swarm.core.config import load_config
 from swarm.core.errors import UsageError
 
@@ -29,6 +30,11 @@ MACHINE = {
     "system": "Linux",
     "python": "3.11.7",
     "llama_cpp": "0.3.36",
+    "llama_cpp_commit": "0c1e570",
+    "ggml": "0.25.3",
+    "llama_cpp_system": "CPU: SSE3 AVX2 FMA",
+    "torch": "2.14.1",
+    "sentence_transformers": "6.2.0",
     "ray": "2.60.0",
     "date": "2026-11-26",
     "loadavg_start": [1.0, 0.5, 0.25],
@@ -227,13 +233,28 @@ def test_kept_figures_keep_their_first_date_and_never_count_in_the_exit_code(tmp
     }
 
 
-def test_the_table_dates_kept_figures_and_says_they_are_not_counted() -> None:
+def test_the_table_dates_kept_figures_and_shows_each_figures_load_and_the_versions() -> None:
     new = Result("search_p95_ms", 8.0, "ms", Target("<=", 10), notes="200 queries")
+    new.details.update(loadavg_start=[1.5, 1.0, 0.5], loadavg_after=[3.25, 2.0, 1.0])
     kept = Result("pipeline_efficiency", 80.0, "rows/s", Target(">=", 0.9, "ratio"), ratio=0.8, notes="5000 rows")
     kept.measured = "2026-11-26 03:00 UTC"
-    md = bench_results.render_markdown([kept, new], MACHINE, quick=False, seconds=60)
+    kept.details.update(loadavg_after=[4.0, 3.0, 2.0])  # measured before the start was recorded
+    machine = {**MACHINE, "host": "bench-1", "postgres": "16.14", "pgvector": "0.8.5"}
+    md = bench_results.render_markdown([kept, new], machine, quick=False, seconds=60)
+    assert "Machine: bench-1, 2 cores, AMD EPYC 7B13" in md
+    assert (
+        "Versions: Python 3.11.7, llama-cpp-python 0.3.36 (llama.cpp 0c1e570, ggml 0.25.3, CPU: SSE3 AVX2 FMA), "
+        "torch 2.14.1, sentence-transformers 6.2.0, Ray 2.60.0, PostgreSQL 16.14 + pgvector 0.8.5." in md
+    )
     assert "not counted in this run's exit code" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and "figure" not in line]
-    assert "**miss** (*measured 2026-11-26 03:00 UTC*, not counted)" in rows[0] and "| 5000 rows |" in rows[0]
-    assert "| pass | 200 queries |" in rows[1] and "measured" not in rows[1]
-    assert "not counted" not in bench_results.render_markdown([new], MACHINE, quick=False, seconds=60)
+    assert "**miss** (*measured 2026-11-26 03:00 UTC*, not counted)" in rows[0] and "| - → 4.00 |" in rows[0]
+    assert "| pass | 1.50 → 3.25 | 200 queries |" in rows[1] and "measured" not in rows[1]
+    only_new = bench_results.render_markdown([new], MACHINE, quick=False, seconds=60)
+    assert "not counted" not in only_new and "Machine: -, 2 cores" in only_new  # no host recorded: a dash
+
+
+def test_system_features_lists_what_llama_cpp_was_built_with() -> None:
+    info = "CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | LLAMAFILE = 1 | OPENMP = 1 | "
+    assert system_features(info) == "CPU: SSE3 AVX LLAMAFILE OPENMP"
+    assert system_features("") == ""
