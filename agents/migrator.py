@@ -40,8 +40,12 @@ class WorkerStats:
     shards: int = 0
     fenced: int = 0
     skipped_stale: int = 0
-    cache_hits: int = 0  # rows whose vector came from a cache or an identical row, not from the model
+    # A batch's distinct texts each get their vector once: from a cache (this migrator's LRU or the swarm's
+    # shared one: a model computation avoided) or from the model. A row repeating an earlier row of its batch is
+    # neither: it is a batch repeat (deduplicated before the caches and the model, with or without a cache).
+    cache_hits: int = 0  # distinct texts whose vector came from a cache, not from the model
     cache_misses: int = 0  # texts the model computed
+    batch_repeats: int = 0  # rows whose text an earlier row of the same batch had
     shared_hits: int = 0  # of cache_hits: vectors another migrator computed
     started: float = field(default_factory=time.monotonic)
 
@@ -70,6 +74,7 @@ class DataMigrator:
         self._limiter = _RateLimiter(0.0)
         self.metrics = Metrics(name)
         self.stats = WorkerStats()
+        self._reported: dict[str, int] = {}  # the cache counts already sent to the Ray metrics
         rss_before = rss_mb()
         self._lock = threading.Lock()  # one llama.cpp context: one batch at a time
         self._stand_in = StandInEmbedder(self.cfg.new_dimension)
@@ -147,6 +152,7 @@ class DataMigrator:
             "embed_seconds": round(getattr(est, "seconds", s.embed_seconds), 3),
             "cache_hits": s.cache_hits,
             "cache_misses": s.cache_misses,
+            "batch_repeats": s.batch_repeats,
             "shared_cache_hits": s.shared_hits,
             "truncated": getattr(est, "truncated", 0),
         }
@@ -186,7 +192,10 @@ class DataMigrator:
                 long: list[int] = []
                 with self._lock:
                     vectors, errors = embedder.embed_many(texts, truncated=long)
-                self.stats.cache_misses += sum(e is None for e in errors)
+                embedded = [t for t, e in zip(texts, errors, strict=True) if e is None]
+                distinct = len(set(embedded))  # embed_many computes identical texts of one call once
+                self.stats.cache_misses += distinct
+                self.stats.batch_repeats += len(embedded) - distinct
                 return vectors, errors, len(long)
             return self._embed_cached(embedder, texts)
         finally:
@@ -253,8 +262,11 @@ class DataMigrator:
                 vec, long_ = got[t]
                 out[rows] = vec
                 truncated += len(rows) if long_ else 0
-                self.stats.cache_hits += len(rows) - (1 if t in computed else 0)
-                self.stats.cache_misses += 1 if t in computed else 0
+                if t in computed:
+                    self.stats.cache_misses += 1
+                else:
+                    self.stats.cache_hits += 1
+                self.stats.batch_repeats += len(rows) - 1
             else:
                 for i in rows:
                     errors[i] = failed.get(t, "not embedded")
@@ -492,9 +504,12 @@ class DataMigrator:
         est = getattr(self.embedder, "stats", None)
         if est is not None and getattr(est, "seconds", None):
             self.metrics.set("tokens_per_second", est.tokens / max(est.seconds, 1e-9), m.id)
-            self.metrics.inc("cache_hits", est.cache_hits - self._last_hits, m.id)
-            self.metrics.inc("cache_misses", est.cache_misses - self._last_misses, m.id)
-            self._last_hits, self._last_misses = est.cache_hits, est.cache_misses
+        # This migrator's own counts (WorkerStats), not the embedder's: the migrator reads the embedder's LRU
+        # through cached(), which counts nothing, and the shared cache and the batch repeats are outside it.
+        for name in ("cache_hits", "cache_misses", "batch_repeats"):
+            now = getattr(self.stats, name)
+            self.metrics.inc(name, now - self._reported.get(name, 0), m.id)
+            self._reported[name] = now
         log.info(
             "batch.committed",
             migration=m.id,
@@ -505,9 +520,6 @@ class DataMigrator:
             written=r.written,
             embed_s=round(r.embed_seconds, 3),
         )
-
-    _last_hits = 0
-    _last_misses = 0
 
     def _finish_shard(self, wdb: Database, mid: int, shard_id: int, attempt: int) -> None:
         def go(conn: psycopg.Connection) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swarm.core.errors import UsageError
+from swarm.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from swarm.core.log import get_logger
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class Result:
     notes: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # When an earlier run measured it: a figure kept from that run (``--only``), shown but never counted.
+    measured: str | None = None
 
     @property
     def passed(self) -> bool | None:
@@ -92,8 +94,8 @@ class Result:
 
 def previous_results(out_dir: Path, *, quick: bool, rerun: Sequence[str]) -> list[Result]:
     """The figures of the last run in ``out_dir`` (same ``quick``) that this run does not measure again, so a
-    ``--only`` run updates its figures in the table instead of dropping the others. Each keeps a note of when
-    it was measured."""
+    ``--only`` run updates its figures in the table instead of dropping the others. Each keeps the date it was
+    measured (``Result.measured``): the table shows it, and :func:`exit_code` does not count it."""
     path = out_dir / "results.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -107,6 +109,10 @@ def previous_results(out_dir: Path, *, quick: bool, rerun: Sequence[str]) -> lis
     for d in data.get("results", []):
         if d.get("figure") in names:
             continue
+        details = d.get("details") or {}
+        notes = d.get("notes", "")
+        if notes.startswith("(measured ") and ") " in notes:  # written before `measured` had its own field
+            notes = notes.split(") ", 1)[1]
         try:
             r = Result(
                 d["figure"],
@@ -117,17 +123,22 @@ def previous_results(out_dir: Path, *, quick: bool, rerun: Sequence[str]) -> lis
                 baseline_label=d.get("baseline_label", ""),
                 ratio=d.get("ratio"),
                 ratio_label=d.get("ratio_label", ""),
-                notes=d.get("notes", ""),
-                details=d.get("details") or {},
+                notes=notes,
+                details=details,
                 error=d.get("error"),
+                measured=d.get("measured") or details.pop("measured", None) or when,
             )
         except (KeyError, TypeError):
             continue
-        r.details.setdefault("measured", when)
-        if not r.notes.startswith("(measured "):
-            r.notes = f"(measured {r.details['measured']}) {r.notes}"
         kept.append(r)
     return kept
+
+
+def exit_code(results: Sequence[Result]) -> int:
+    """0 when this run measured a figure and every figure it measured met its target, 1 otherwise. Figures kept
+    from an earlier run (``measured`` set) are in the table for reference and never counted, pass or miss."""
+    measured = [r for r in results if r.measured is None]
+    return EXIT_OK if measured and all(r.passed for r in measured) else EXIT_FAILED
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -178,36 +189,71 @@ def _fmt(x: float | None, unit: str = "") -> str:
 
 
 def render_markdown(results: Sequence[Result], machine: dict[str, Any], *, quick: bool, seconds: float) -> str:
-    """The results table (figure, value, baseline, ratio, target, pass/miss, notes) with the machine."""
+    """The results table (figure, value, baseline, ratio, target, pass/miss, load, notes) with the machine, the
+    versions that produced it and the load average during the run."""
     load = machine.get("loadavg_start"), machine.get("loadavg_end")
     lines = [
         "# swarm bench" + (" (quick: smaller sizes, not comparable to the targets)" if quick else ""),
         "",
-        f"Machine: {machine.get('cores')} cores, {machine.get('cpu_model')}, {machine.get('memory_gb')} GB RAM, "
-        f"{machine.get('system')}; Python {machine.get('python')}, llama-cpp-python {machine.get('llama_cpp')}, "
-        f"PostgreSQL {machine.get('postgres') or '-'} + pgvector {machine.get('pgvector') or '-'}, "
-        f"Ray {machine.get('ray')}.",
+        f"Machine: {machine.get('host') or '-'}, {machine.get('cores')} cores, {machine.get('cpu_model')}, "
+        f"{machine.get('memory_gb')} GB RAM, {machine.get('system')}.",
+        f"Versions: {versions_line(machine)}.",
         f"Load average (1/5/15 min) at start {_loads(load[0])}, at end {_loads(load[1])}; "
         f"run took {seconds / 60:.1f} min on {machine.get('date')}.",
+    ]
+    if any(r.measured for r in results):
+        lines.append(
+            "Figures whose result says *measured DATE* were not measured by this run: they are kept from an "
+            "earlier one for reference and are not counted in this run's exit code."
+        )
+    lines += [
         "",
-        "| figure | value | baseline | ratio | target | result | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| figure | value | baseline | ratio | target | result | load (1 min, start → end) | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        verdict = {"error": "**error**", "miss": "**miss**"}.get(r.verdict, r.verdict)
+        if r.measured:
+            verdict += f" (*measured {r.measured}*, not counted)"
+        load_cell = figure_load(r)
         if r.error:
-            lines.append(f"| {r.figure} | - | - | - | {r.target} | **error** | {_cell(r.error)} |")
+            lines.append(f"| {r.figure} | - | - | - | {r.target} | {verdict} | {load_cell} | {_cell(r.error)} |")
             continue
         base = r.baseline_label or "-"
         if r.baseline is not None:
             base = f"{_fmt(r.baseline)} ({r.baseline_label})" if r.baseline_label else _fmt(r.baseline)
         rat = f"{_fmt(r.ratio)} ({r.ratio_label})" if r.ratio is not None else "-"
-        verdict = r.verdict if r.verdict != "miss" else "**miss**"
         lines.append(
             f"| {r.figure} | {_fmt(r.value, r.unit)} | {_cell(base)} | {_cell(rat)} | {r.target} | {verdict} | "
-            f"{_cell(r.notes)} |"
+            f"{load_cell} | {_cell(r.notes)} |"
         )
     lines += ["", "Details of each figure (sweeps, phases, per-round timings) are in `results.json`.", ""]
     return "\n".join(lines)
+
+
+def versions_line(machine: dict[str, Any]) -> str:
+    """Python, llama-cpp-python and the llama.cpp it vendors (commit, ggml, the CPU features it was built with),
+    torch, sentence-transformers, Ray, PostgreSQL and pgvector."""
+    build = ", ".join(
+        f"{label}{machine[key]}"
+        for key, label in (("llama_cpp_commit", "llama.cpp "), ("ggml", "ggml "), ("llama_cpp_system", ""))
+        if machine.get(key)
+    )
+    return (
+        f"Python {machine.get('python')}, llama-cpp-python {machine.get('llama_cpp')}"
+        + (f" ({build})" if build else "")
+        + f", torch {machine.get('torch') or '-'}, sentence-transformers {machine.get('sentence_transformers') or '-'}"
+        f", Ray {machine.get('ray')}, PostgreSQL {machine.get('postgres') or '-'}"
+        f" + pgvector {machine.get('pgvector') or '-'}"
+    )
+
+
+def figure_load(r: Result) -> str:
+    """The 1-minute load average when the figure started and when it ended (``-`` where not recorded)."""
+    start, end = r.details.get("loadavg_start"), r.details.get("loadavg_after")
+    if not start and not end:
+        return "-"
+    return " → ".join(f"{x[0]:.2f}" if x else "-" for x in (start, end))
 
 
 def _loads(x: Any) -> str:

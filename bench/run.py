@@ -16,16 +16,17 @@ Figures (``--only`` takes these names or the short aliases in brackets):
 3. ``migrator_rss_mb`` [rss]: peak RSS (VmHWM) of a data-migrator actor after a migration, next to a rehearsal
    migrator (same actor and work, no model).
 4. ``search_p95_ms`` and ``search_recall_at_10`` [search]: swarm's search SQL through the ANN index swarm builds,
-   on synthetic 384-dim vectors shaped like MiniLM's; ivfflat probes and hnsw ef_search are swept and the
-   cheapest setting with recall@10 >= 0.95 is reported, next to exact search.
+   on synthetic 384-dim vectors shaped like MiniLM's (not model embeddings), with the configured index and
+   settings, next to exact search (recall 1.0 by definition); ivfflat probes and hnsw ef_search are swept.
 5. ``highdim_index_mb``, ``highdim_build_s``, ``highdim_p95_ms``, ``highdim_recall_at_10`` [highdim]: hnsw-bq
    (hnsw on ``binary_quantize(v)::bit(3584)``, re-ranked by exact distance) next to hnsw on ``halfvec(3584)``,
    100,000 synthetic vectors of nomic-embed-code's width (bench/highdim.py).
 6. ``target_tokens_per_s_*`` and ``target_peak_rss_mb_*`` [target]: llama.cpp f16 / Q8_0 / Q4_K_M against
    transformers fp32 on a Qwen2-0.5B-shaped model (nomic-embed-code's architecture), same weights, texts and
    threads, each run in its own process (bench/target.py).
-7. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents, next to the same
-   migration with the cache off (time saved).
+7. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents: vectors taken from
+   a cache over those plus model computations (rows repeating an earlier row of their batch counted apart), next
+   to the same migration with the cache off (time saved).
 8. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
    call to the migration's ``finished_at``, per row; each size against the smallest.
 9. ``load_errors`` and ``load_max_connections`` [load]: ``swarm serve`` on 127.0.0.1 under 1, 8, 32 and 128
@@ -35,8 +36,10 @@ Figures (``--only`` takes these names or the short aliases in brackets):
    peer tool, embedding through ``llama_cpp.server``) migrating a fresh copy of the same table to the same GGUF
    on the same threads (bench/vecshift.py).
 
-Results go to ``bench/results.json`` and ``bench/results.md``. The exit code is 0 when every figure was measured
-and met its target, 1 otherwise (the table says which and why)."""
+Results go to ``bench/results.json`` and ``bench/results.md``, with the machine, the versions and the load average
+during each figure. The exit code is 0 when every figure this run measured met its target, 1 otherwise (the table
+says which and why); with ``--only``, the other figures of the last run stay in the table with the date they were
+measured, and are not counted."""
 
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ from bench.results import (
     Sizes,
     _fmt,
     _loads,
+    exit_code,
     previous_results,
     render_markdown,
     select_figures,
@@ -72,7 +76,6 @@ from bench.results import (
 from bench.search import fig_search
 from bench.target import fig_target
 from bench.vecshift import fig_vecshift
-from swarm.core.errors import EXIT_FAILED, EXIT_OK
 from swarm.core.log import get_logger
 
 if TYPE_CHECKING:
@@ -96,7 +99,7 @@ RUNNERS: dict[str, Callable[[Lab], list[Result]]] = {
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, memory, OS, versions and load: printed with every result."""
+    """Host, cores, CPU model, memory, OS, versions and load: printed with every result."""
     model = platform.processor() or "-"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -109,18 +112,47 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 mem = round(int(line.split()[1]) / 2**20, 1)
     return {
+        "host": platform.node(),
         "cores": os.cpu_count(),
         "cpu_model": model,
         "memory_gb": mem,
         "system": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": platform.python_version(),
         "llama_cpp": version("llama-cpp-python"),
+        **llama_cpp_build(),
         "ray": version("ray"),
         "torch": version("torch"),
         "sentence_transformers": version("sentence-transformers"),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def llama_cpp_build() -> dict[str, str]:
+    """The llama.cpp that llama-cpp-python vendors: its commit, ggml's version and the CPU features it was built
+    with (read from the libraries, no model loaded); empty where this llama-cpp-python does not expose them."""
+    import ctypes
+
+    out: dict[str, str] = {}
+    try:
+        import llama_cpp
+        from llama_cpp import llama_cpp as lib
+    except Exception:  # not installed, or its library does not load: the versions line says "-"
+        return out
+    for key, symbol in (("llama_cpp_commit", "ggml_commit"), ("ggml", "ggml_version")):
+        with contextlib.suppress(AttributeError, OSError):
+            fn = getattr(lib._lib, symbol)  # ggml's, reached through libllama (not bound by llama-cpp-python)
+            fn.argtypes, fn.restype = [], ctypes.c_char_p
+            out[key] = fn().decode()
+    with contextlib.suppress(Exception):
+        out["llama_cpp_system"] = system_features(llama_cpp.llama_print_system_info().decode())
+    return out
+
+
+def system_features(info: str) -> str:
+    """``CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | ...`` (llama_print_system_info) as ``CPU: SSE3 AVX ...``."""
+    parts = [p.strip().replace(" : ", ": ") for p in info.split("|")]
+    return " ".join(p.removesuffix(" = 1") for p in parts if p and not p.endswith(" = 0"))
 
 
 def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.PathLike[str] | None = None) -> int:
@@ -154,7 +186,7 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
     )
     try:
         for name in figures:
-            t = time.perf_counter()
+            t, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
             _say(f"\n== {name} ...")
             try:
                 got = RUNNERS[name](lab)
@@ -166,6 +198,7 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
                 got = [Result(fig, None, "", target, error=reason) for fig, target in TARGETS[name]]
             for r in got:
                 r.details.setdefault("figure_seconds", round(time.perf_counter() - t, 1))
+                r.details.setdefault("loadavg_start", load_before)
                 r.details.setdefault("loadavg_after", [round(x, 2) for x in os.getloadavg()])
                 _say(_line(r))
             results.extend(got)
@@ -182,7 +215,7 @@ def run(cfg: Config, *, only: list[str] | None, quick: bool, out_dir: str | os.P
     json_path, md_path = write_results(out, results, machine, quick=quick, seconds=seconds, figures=figures)
     _say("\n" + render_markdown(results, machine, quick=quick, seconds=seconds))
     _say(f"written: {json_path}, {md_path}")
-    return EXIT_OK if results and all(r.passed for r in results) else EXIT_FAILED
+    return exit_code(results)
 
 
 def _ordered(results: list[Result]) -> list[Result]:

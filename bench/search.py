@@ -1,4 +1,5 @@
-"""``search_p95_ms`` and ``search_recall_at_10``: the search SQL through the ANN index swarm builds."""
+"""``search_p95_ms`` and ``search_recall_at_10``: the search SQL through the ANN index swarm builds, on synthetic
+vectors (:class:`EmbeddingLike`), not model embeddings; both against exact search."""
 
 from __future__ import annotations
 
@@ -205,7 +206,8 @@ def fig_search(lab: Lab) -> list[Result]:
             "p50_ms": round(percentile(exact_lat, 50), 3),
             "p95_ms": round(exact_p95, 3),
         }
-    before = next(p for p in sweeps["ivfflat"] if p["value"] == 1)  # swarm before #5: ivfflat, no probes set
+    # History, not a baseline: swarm before #5 searched ivfflat without setting probes (pgvector's default, 1).
+    before = next(p for p in sweeps["ivfflat"] if p["value"] == 1)
     good = [dict(p, index=m) for m, sw in sweeps.items() for p in sw if p["recall_at_10"] >= 0.95]
     fastest = min(good, key=lambda p: p["p95_ms"]) if good else None
     which = f"{headline['index']}, {headline['setting']} = {headline['value']}" if headline["value"] else "exact search"
@@ -213,12 +215,16 @@ def fig_search(lab: Lab) -> list[Result]:
         f"{m}: " + ", ".join(f"{p['value']}→{p['recall_at_10']:.3f}/{p['p95_ms']:.1f}ms" for p in sw)
         for m, sw in sweeps.items()
     )
+    synthetic = (
+        f"synthetic vectors, not model embeddings: {s.search_rows:,} 384-dim unit vectors shaped like MiniLM code "
+        f"embeddings (EmbeddingLike), {s.search_queries} held-out queries, k=10"
+    )
     common = (
-        f"{s.search_rows:,} synthetic 384-dim unit vectors shaped like MiniLM code embeddings (EmbeddingLike), "
-        f"{s.search_queries} held-out queries, k=10, swarm's search through the router's path with the configured "
-        f"[swarm] settings (ivfflat lists={lists}; hnsw m={conf.hnsw_m}, ef_construction={conf.hnsw_ef_construction})"
+        f"swarm's search through the router's path with the configured [swarm] settings (ivfflat lists={lists}; "
+        f"hnsw m={conf.hnsw_m}, ef_construction={conf.hnsw_ef_construction})"
     )
     details = {
+        "vectors": "synthetic (EmbeddingLike), not model embeddings",
         "configured": headline,
         "sweeps": sweeps,
         "builds": builds,
@@ -237,7 +243,7 @@ def fig_search(lab: Lab) -> list[Result]:
             baseline=exact_p95,
             baseline_label="exact search p95 ms",
             ratio=ratio(headline["p95_ms"], exact_p95),
-            notes=f"configured: {which} (recall@10 {headline['recall_at_10']:.3f}); {common}",
+            notes=f"{synthetic}; configured: {which} (recall@10 {headline['recall_at_10']:.3f}); {common}",
             details=details,
         ),
         Result(
@@ -245,11 +251,21 @@ def fig_search(lab: Lab) -> list[Result]:
             headline["recall_at_10"],
             "",
             Target(">=", 0.95),
-            baseline=before["recall_at_10"],
-            baseline_label="swarm before #5: ivfflat, ivfflat.probes = 1",
-            ratio=ratio(headline["recall_at_10"], before["recall_at_10"]),
-            notes=f"configured: {which} (p95 {headline['p95_ms']:.2f} ms); sweep recall→p95: {others}",
-            details={"configured": headline},
+            baseline=1.0,
+            baseline_label="exact search: recall 1.0 by definition",
+            ratio=headline["recall_at_10"],
+            ratio_label="recall vs exact search",
+            notes=(
+                f"{synthetic}; configured: {which} (p95 {headline['p95_ms']:.2f} ms); exact search's own recall "
+                f"against numpy's top 10 {exact_recall:.3f} (the ground truth checked); history: swarm before #5 "
+                f"(ivfflat, ivfflat.probes = 1) {before['recall_at_10']:.3f}; sweep recall→p95: {others}"
+            ),
+            details={
+                "vectors": details["vectors"],
+                "configured": headline,
+                "exact_recall_vs_numpy": details["exact_recall_vs_numpy"],
+                "before_ivfflat_probes_1": before,
+            },
         ),
     ]
 

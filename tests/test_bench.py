@@ -19,6 +19,7 @@ from bench import search as bench_search
 from bench import vecshift as bench_vecshift
 from bench.results import Result, Target
 from bench.run import run as bench_run
+from bench.run import system_features
 from swarm.core.config import load_config
 from swarm.core.errors import UsageError
 
@@ -30,6 +31,11 @@ MACHINE = {
     "system": "Linux",
     "python": "3.11.7",
     "llama_cpp": "0.3.36",
+    "llama_cpp_commit": "0c1e570",
+    "ggml": "0.25.3",
+    "llama_cpp_system": "CPU: SSE3 AVX2 FMA",
+    "torch": "2.14.1",
+    "sentence_transformers": "6.2.0",
     "ray": "2.60.0",
     "date": "2026-11-26",
     "loadavg_start": [1.0, 0.5, 0.25],
@@ -168,7 +174,10 @@ def test_quick_search_figure_runs_on_the_real_parts_and_cleans_up(tmp_path: Path
     p95, recall = by_name["search_p95_ms"], by_name["search_recall_at_10"]
     assert p95["error"] is None and recall["error"] is None
     assert 0 < p95["value"] and 0 < p95["baseline"]  # index and exact search both timed
-    assert 0.0 <= recall["baseline"] <= recall["value"] <= 1.0  # the configured recall is at least the old default's
+    # Recall's baseline is exact search (1.0 by definition); ivfflat at probes 1 (swarm before #5) is history.
+    assert recall["baseline"] == 1.0 and recall["ratio"] == recall["value"]
+    assert 0.0 <= recall["details"]["before_ivfflat_probes_1"]["recall_at_10"] <= recall["value"] <= 1.0
+    assert p95["notes"].startswith("synthetic vectors") and recall["notes"].startswith("synthetic vectors")
     # The headline is the swarm's own configuration: its index, built with its parameters, and its ef_search.
     configured, builds = p95["details"]["configured"], p95["details"]["builds"]
     assert configured["index"] == cfg.swarm.index == "hnsw" and configured["value"] == cfg.swarm.ef_search
@@ -195,7 +204,7 @@ def test_an_only_run_keeps_the_other_figures_of_the_last_run(tmp_path: Path) -> 
     bench_results.write_results(tmp_path, old, machine, quick=False, seconds=60, figures=["pipeline", "search"])
     kept = bench_results.previous_results(tmp_path, quick=False, rerun=["search"])
     assert [r.figure for r in kept] == ["pipeline_efficiency"]
-    assert kept[0].passed and kept[0].notes == "(measured 2026-11-26 03:00 UTC) 5000 rows"
+    assert kept[0].passed and kept[0].notes == "5000 rows" and kept[0].measured == "2026-11-26 03:00 UTC"
     assert bench_results.previous_results(tmp_path, quick=True, rerun=["search"]) == []  # a quick run never mixes in
     assert bench_results.previous_results(tmp_path / "none", quick=False, rerun=[]) == []
 
@@ -274,3 +283,58 @@ def test_vecshift_apply_events_give_its_status_rows_and_phase_times() -> None:
     # Killed before its result: nothing to report as complete.
     cut = bench_vecshift.summarize_apply(events[:5])
     assert (cut["status"], cut["rows_written"], cut["index_s"]) == (None, 0, None)
+
+
+def test_kept_figures_keep_their_first_date_and_never_count_in_the_exit_code(tmp_path: Path) -> None:
+    """``--only search`` after a full run: the pipeline figure stays in the table, dated, pass or miss alike, and
+    the exit code is this run's alone."""
+    first = [
+        Result("pipeline_efficiency", 80.0, "rows/s", Target(">=", 0.9, "ratio"), ratio=0.8),
+        Result("migrator_rss_mb", 300.0, "MB", Target("<=", 400)),
+        Result("search_p95_ms", 17.4, "ms", Target("<=", 10)),
+    ]
+    machine = {"cores": 2, "date": "2026-11-26 03:00 UTC"}
+    bench_results.write_results(tmp_path, first, machine, quick=False, seconds=60, figures=["pipeline", "search"])
+    kept = bench_results.previous_results(tmp_path, quick=False, rerun=["search"])
+    fast = Result("search_p95_ms", 8.0, "ms", Target("<=", 10))
+    assert [r.figure for r in kept] == ["pipeline_efficiency", "migrator_rss_mb"] and not kept[0].passed
+    assert bench_results.exit_code([*kept, fast]) == 0  # the kept miss does not fail this run
+    assert bench_results.exit_code([*kept, Result("search_p95_ms", 12.0, "ms", Target("<=", 10))]) == 1
+    assert bench_results.exit_code(kept) == 1  # nothing measured by this run
+    assert bench_results.exit_code([fast, Result("load_errors", None, "", Target("<=", 0), error="boom")]) == 1
+
+    # A second --only run: the kept figures keep the date of the run that measured them, not the last run's.
+    later = {"cores": 2, "date": "2026-11-27 09:00 UTC"}
+    bench_results.write_results(tmp_path, [*kept, fast], later, quick=False, seconds=60, figures=["search"])
+    again = bench_results.previous_results(tmp_path, quick=False, rerun=["rss"])
+    assert {r.figure: r.measured for r in again} == {
+        "pipeline_efficiency": "2026-11-26 03:00 UTC",
+        "search_p95_ms": "2026-11-27 09:00 UTC",
+    }
+
+
+def test_the_table_dates_kept_figures_and_shows_each_figures_load_and_the_versions() -> None:
+    new = Result("search_p95_ms", 8.0, "ms", Target("<=", 10), notes="200 queries")
+    new.details.update(loadavg_start=[1.5, 1.0, 0.5], loadavg_after=[3.25, 2.0, 1.0])
+    kept = Result("pipeline_efficiency", 80.0, "rows/s", Target(">=", 0.9, "ratio"), ratio=0.8, notes="5000 rows")
+    kept.measured = "2026-11-26 03:00 UTC"
+    kept.details.update(loadavg_after=[4.0, 3.0, 2.0])  # measured before the start was recorded
+    machine = {**MACHINE, "host": "bench-1", "postgres": "16.14", "pgvector": "0.8.5"}
+    md = bench_results.render_markdown([kept, new], machine, quick=False, seconds=60)
+    assert "Machine: bench-1, 2 cores, AMD EPYC 7B13" in md
+    assert (
+        "Versions: Python 3.11.7, llama-cpp-python 0.3.36 (llama.cpp 0c1e570, ggml 0.25.3, CPU: SSE3 AVX2 FMA), "
+        "torch 2.14.1, sentence-transformers 6.2.0, Ray 2.60.0, PostgreSQL 16.14 + pgvector 0.8.5." in md
+    )
+    assert "not counted in this run's exit code" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "figure" not in line]
+    assert "**miss** (*measured 2026-11-26 03:00 UTC*, not counted)" in rows[0] and "| - → 4.00 |" in rows[0]
+    assert "| pass | 1.50 → 3.25 | 200 queries |" in rows[1] and "measured" not in rows[1]
+    only_new = bench_results.render_markdown([new], MACHINE, quick=False, seconds=60)
+    assert "not counted" not in only_new and "Machine: -, 2 cores" in only_new  # no host recorded: a dash
+
+
+def test_system_features_lists_what_llama_cpp_was_built_with() -> None:
+    info = "CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | LLAMAFILE = 1 | OPENMP = 1 | "
+    assert system_features(info) == "CPU: SSE3 AVX LLAMAFILE OPENMP"
+    assert system_features("") == ""

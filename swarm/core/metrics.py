@@ -38,8 +38,9 @@ class Metrics:
             "rows_migrated": ("counter", "Rows whose new embedding was written"),
             "rows_failed": ("counter", "Rows sent to the dead-letter table"),
             "batches": ("counter", "Batches committed"),
-            "cache_hits": ("counter", "Embedding cache hits"),
-            "cache_misses": ("counter", "Embedding cache misses"),
+            "cache_hits": ("counter", "Vectors taken from a cache (a migrator's or the swarm's) instead of the model"),
+            "cache_misses": ("counter", "Texts the model computed"),
+            "batch_repeats": ("counter", "Rows repeating an earlier row of their batch (deduplicated, not looked up)"),
             "tokens_per_second": ("gauge", "Embedding throughput of the last batch"),
             "shards_done": ("counter", "Shards completed"),
         }
