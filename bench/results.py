@@ -134,10 +134,16 @@ def previous_results(out_dir: Path, *, quick: bool, rerun: Sequence[str]) -> lis
     return kept
 
 
-def exit_code(results: Sequence[Result]) -> int:
+def exit_code(results: Sequence[Result], *, quick: bool = False) -> int:
     """0 when this run measured a figure and every figure it measured met its target, 1 otherwise. Figures kept
-    from an earlier run (``measured`` set) are in the table for reference and never counted, pass or miss."""
+    from an earlier run (``measured`` set) are in the table for reference and never counted, pass or miss.
+
+    A ``--quick`` run checks that every figure runs: its workloads are too small to judge a target (fixed costs
+    dominate a 600-row migration, one round of 48 texts is noise), so there 1 means a figure could not be
+    measured, and the targets are judged by the full bench only. The table still shows pass or miss."""
     measured = [r for r in results if r.measured is None]
+    if quick:
+        return EXIT_OK if measured and all(r.error is None for r in measured) else EXIT_FAILED
     return EXIT_OK if measured and all(r.passed for r in measured) else EXIT_FAILED
 
 
@@ -193,7 +199,8 @@ def render_markdown(results: Sequence[Result], machine: dict[str, Any], *, quick
     versions that produced it and the load average during the run."""
     load = machine.get("loadavg_start"), machine.get("loadavg_end")
     lines = [
-        "# swarm bench" + (" (quick: smaller sizes, not comparable to the targets)" if quick else ""),
+        "# swarm bench"
+        + (" (quick: smaller sizes, not comparable to the targets; its exit code counts errors only)" if quick else ""),
         "",
         f"Machine: {machine.get('host') or '-'}, {machine.get('cores')} cores, {machine.get('cpu_model')}, "
         f"{machine.get('memory_gb')} GB RAM, {machine.get('system')}.",
@@ -411,7 +418,7 @@ TARGETS = {
         for q in ("f16", "q8_0", "q4_k_m")
         for m in ("tokens_per_s", "peak_rss_mb")
     ],
-    "cache": [("cache_hit_rate", Target(">=", 0.9))],
+    "cache": [("cache_hit_rate", Target(">=", 0.95, "ratio"))],
     "overhead": [("overhead_per_row_us", Target("<=", 1.25, "ratio"))],
     "load": [("load_errors", Target("<=", 0)), ("load_max_connections", Target("<=", 1.0, "ratio"))],
     "vecshift": [("migration_ratio_vs_vecshift", Target(">=", 1.5, "ratio"))],

@@ -338,3 +338,14 @@ def test_system_features_lists_what_llama_cpp_was_built_with() -> None:
     info = "CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | LLAMAFILE = 1 | OPENMP = 1 | "
     assert system_features(info) == "CPU: SSE3 AVX LLAMAFILE OPENMP"
     assert system_features("") == ""
+
+
+def test_a_quick_run_fails_on_an_error_only() -> None:
+    """``--quick`` sizes cannot judge a target: its exit code says whether every figure was measured."""
+    met = Result("search_recall_at_10", 0.99, "", Target(">=", 0.95))
+    missed = Result("pipeline_efficiency", 50.0, "rows/s", Target(">=", 0.9, "ratio"), ratio=0.6)
+    broken = Result("cache_hit_rate", None, "", Target(">=", 0.95, "ratio"), error="SwarmError: boom")
+    assert bench_results.exit_code([met, missed], quick=True) == 0
+    assert bench_results.exit_code([met, missed]) == 1
+    assert bench_results.exit_code([met, broken], quick=True) == 1
+    assert bench_results.exit_code([], quick=True) == 1
