@@ -7,9 +7,10 @@ like even on a shared machine (absolute numbers still move with the machine's lo
 
 Figures (``--only`` takes these names or the short aliases in brackets):
 
-1. ``embed_ratio_vs_sentence_transformers`` [embed]: tokens/s of :class:`~model.embedder.LlamaEmbedder` (the
-   all-MiniLM-L6-v2 Q8_0 GGUF) over sentence-transformers' on the same model, texts and thread count; the two
-   are timed in alternating rounds and the figure is the median of the per-round ratios.
+1. ``embed_ratio_vs_sentence_transformers`` and ``embed_ratio_f16_vs_sentence_transformers`` [embed]:
+   whole-machine tokens/s of :class:`~model.embedder.LlamaEmbedder` as a migration runs it (migrators x threads;
+   all-MiniLM-L6-v2 Q8_0, the demo's model, and f16) over sentence-transformers' best split of the same cores, on
+   the same model and texts, each side in its own processes; rotating rounds, the median of per-round ratios.
 2. ``pipeline_efficiency`` [pipeline]: rows/s of a whole migration (``init`` + ``orchestrate`` on a fresh
    database, from the ``init`` call to the migration's ``finished_at``) over rows/s of the same embedder
    embedding the same texts, batch by batch, in this process.
@@ -25,10 +26,10 @@ Figures (``--only`` takes these names or the short aliases in brackets):
    transformers fp32 on a Qwen2-0.5B-shaped model (nomic-embed-code's architecture), same weights, texts and
    threads, each run in its own process (bench/target.py).
 7. ``cache_hit_rate`` [cache]: a migration of a table whose rows repeat 10% distinct contents: vectors taken from
-   a cache over those plus model computations (rows repeating an earlier row of their batch counted apart), next
-   to the same migration with the cache off (time saved).
+   a cache over those plus model computations (rows repeating an earlier row of their batch counted apart),
+   against the best possible rate of the run; the time saved against the same migration with the cache off.
 8. ``overhead_per_row_us`` [overhead]: ``orchestrate --rehearse`` at three table sizes with the swarm up, from the
-   call to the migration's ``finished_at``, per row; each size against the smallest.
+   call to the migration's ``finished_at``, per row; each size against the smallest (at most 1.25x).
 9. ``load_errors`` and ``load_max_connections`` [load]: ``swarm serve`` on 127.0.0.1 under 1, 8, 32 and 128
    concurrent clients (a few hundred searches each, share 50%): p50/p95 and 503s per level in the notes, errors
    (target 0) and the most database connections the server held (target: at most ``serving.pool_size``).
