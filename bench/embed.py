@@ -73,6 +73,54 @@ def _send(proc: subprocess.Popen[str], text: str) -> None:
     proc.stdin.flush()
 
 
+def spawn_workers(specs: list[dict[str, Any]]) -> list[subprocess.Popen[str]]:
+    """One ``bench.embed_worker`` process per spec (not waited for: see :func:`wait_ready`)."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.embed_worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**env, "OMP_NUM_THREADS": str(spec["threads"])},
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        for spec in specs
+    ]
+
+
+def wait_ready(workers: list[subprocess.Popen[str]], what: str) -> None:
+    for w in workers:
+        if _read_line(w, what)[:1] != ["ready"]:
+            raise SwarmError(f"the embed worker for {what} did not start")
+
+
+def time_go(workers: list[subprocess.Popen[str]], what: str) -> tuple[float, float]:
+    """(wall seconds from the ``go`` to the last ``done``, CPU seconds of all the workers) for one pass."""
+    t = time.perf_counter()
+    for w in workers:
+        _send(w, "go")
+    cpu = 0.0
+    for w in workers:
+        word, _, cpu_s = _read_line(w, what)
+        if word != "done":
+            raise SwarmError(f"the embed worker for {what} answered {word!r}")
+        cpu += float(cpu_s)
+    return time.perf_counter() - t, cpu
+
+
+def stop_workers(workers: list[subprocess.Popen[str]]) -> None:
+    for w in workers:
+        with contextlib.suppress(OSError, ValueError):
+            _send(w, "quit")
+    for w in workers:
+        try:
+            w.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+
+
 def fig_embed(lab: Lab) -> list[Result]:
     try:
         import sentence_transformers  # noqa: F401
@@ -104,48 +152,30 @@ def fig_embed(lab: Lab) -> list[Result]:
         warm = [d.content for d in lab.docs()[:32]]
         texts_file.write_text(json.dumps({"texts": texts, "warm": warm}), encoding="utf-8")
         stack.callback(_stop_all, configs)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         for c in configs:  # start every process, then wait for all: the loads overlap
-            for shard in range(c.procs):
-                spec = {
-                    "side": "st" if c.side == "st" else "llama",
-                    "model": str(st_dir) if c.side == "st" else models[c.side],
-                    "threads": c.threads,
-                    "batch_size": ST_BATCH if c.side == "st" else e.batch_size,
-                    "flash_attn": e.flash_attn,
-                    "texts_file": str(texts_file),
-                    "shard": shard,
-                    "nshards": c.procs,
-                }
-                c.workers.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "bench.embed_worker", json.dumps(spec)],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        text=True,
-                        env={**env, "OMP_NUM_THREADS": str(c.threads)},
-                        cwd=str(Path(__file__).resolve().parent.parent),
-                    )
-                )
+            c.workers = spawn_workers(
+                [
+                    {
+                        "side": "st" if c.side == "st" else "llama",
+                        "model": str(st_dir) if c.side == "st" else models[c.side],
+                        "threads": c.threads,
+                        "batch_size": ST_BATCH if c.side == "st" else e.batch_size,
+                        "flash_attn": e.flash_attn,
+                        "texts_file": str(texts_file),
+                        "shard": shard,
+                        "nshards": c.procs,
+                    }
+                    for shard in range(c.procs)
+                ]
+            )
         for c in configs:
-            for w in c.workers:
-                if _read_line(w, c.name)[:1] != ["ready"]:
-                    raise SwarmError(f"the embed worker for {c.name} did not start")
+            wait_ready(c.workers, c.name)
         for i in range(sizes.embed_rounds):
             order = configs[i % len(configs) :] + configs[: i % len(configs)]  # rotate who goes first
             got: dict[str, Any] = {"load1": round(os.getloadavg()[0], 2)}
             for c in order:
                 time.sleep(SETTLE_S)
-                t = time.perf_counter()
-                for w in c.workers:
-                    _send(w, "go")
-                cpu = 0.0
-                for w in c.workers:
-                    word, _, cpu_s = _read_line(w, c.name)
-                    if word != "done":
-                        raise SwarmError(f"the embed worker for {c.name} answered {word!r}")
-                    cpu += float(cpu_s)
-                wall = time.perf_counter() - t
+                wall, cpu = time_go(c.workers, c.name)
                 got[c.name] = {
                     "seconds": round(wall, 3),
                     "tokens_per_second": round(tokens / wall, 1),
@@ -224,14 +254,4 @@ def fig_embed(lab: Lab) -> list[Result]:
 
 
 def _stop_all(configs: list[Config]) -> None:
-    for c in configs:
-        for w in c.workers:
-            with contextlib.suppress(OSError, ValueError):
-                _send(w, "quit")
-    for c in configs:
-        for w in c.workers:
-            try:
-                w.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                w.kill()
-                w.wait()
+    stop_workers([w for c in configs for w in c.workers])

@@ -43,18 +43,27 @@ def _load(spec: dict[str, Any]) -> Any:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     from model.embedder import LlamaEmbedder
 
+    # ``migrator``: the embedder built as a data-migrator builds it (the config's [embedding] options), fed the
+    # migrator's batches through embed_many; else a bare embedder (no cache) given every text in one call.
+    mig: dict[str, Any] | None = spec.get("migrator")
     emb = LlamaEmbedder(
         spec["model"],
-        cache_size=0,
+        cache_size=int(mig["cache_size"]) if mig else 0,
         batch_size=int(spec["batch_size"]),
         n_threads=threads,
         flash_attn=bool(spec.get("flash_attn", True)),
+        **({k: mig[k] for k in ("document_prefix", "query_prefix", "truncate_dim", "expected_dim")} if mig else {}),
     )
 
     def run_llama(texts: list[str]) -> Any:
         return emb.embed(texts, use_cache=False)
 
-    return run_llama
+    def run_batches(texts: list[str]) -> Any:
+        step = int(spec["batch_size"])
+        for i in range(0, len(texts), step):
+            emb.embed_many(texts[i : i + step])
+
+    return run_batches if mig else run_llama
 
 
 def main(argv: list[str]) -> int:
