@@ -52,8 +52,8 @@ class Config:
 
 
 def splits(cores: int, migrators: int, threads_per_migrator: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
-    """(the splits every side is timed in, the swarm's own split): 1 x cores and cores x 1, plus the swarm's
-    ``migrators x threads_per_migrator`` when it is neither."""
+    """(the splits every side is timed in: 1 x cores and cores x 1; the swarm's own split, ``migrators x
+    threads_per_migrator``, which the llama.cpp sides are also timed in when it is neither)."""
     every = [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
     mine = (migrators, threads_per_migrator)
     return every, mine

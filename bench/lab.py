@@ -226,6 +226,14 @@ def _named_actors() -> list[str]:
     return [n for n in ray.util.list_named_actors() if n.startswith(("data-migrator-", "validator-", "coordinator"))]
 
 
+def niceness(pid: int) -> int | None:
+    """The niceness of process ``pid`` (a migrator's, say), or None when it is gone."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return None
+
+
 def _wait_until(pred: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from bench.lab import Lab, create_docs_table, orchestrate_timed
+from bench.lab import Lab, create_docs_table, niceness, orchestrate_timed
 from bench.results import Result, Target, ratio
 from swarm.core.errors import SwarmError
 from swarm.core.log import get_logger
@@ -92,7 +92,7 @@ def fig_pipeline(lab: Lab) -> list[Result]:
         )
     assert run.to_finish_s is not None
     lab.shared["pipeline"] = {"infos": lab.migrator_infos(), "dsn": dsn, "cfg": cfg}
-    nice = sorted({n for n in (_niceness(i["pid"]) for i in lab.shared["pipeline"]["infos"]) if n is not None})
+    nice = sorted({n for n in (niceness(i["pid"]) for i in lab.shared["pipeline"]["infos"]) if n is not None})
     swarm_rps = n / run.to_finish_s
     sw = cfg.swarm
     from agents.actors import threads_per_migrator
@@ -135,13 +135,6 @@ def fig_pipeline(lab: Lab) -> list[Result]:
             },
         )
     ]
-
-
-def _niceness(pid: int) -> int | None:
-    try:
-        return os.getpriority(os.PRIO_PROCESS, pid)
-    except OSError:
-        return None
 
 
 def fig_rss(lab: Lab) -> list[Result]:

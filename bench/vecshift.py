@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.lab import Lab, create_docs_table, orchestrate_timed
+from bench.lab import Lab, create_docs_table, niceness, orchestrate_timed
 from bench.results import DIM, Result, Target, ratio, version
 from swarm.core.errors import SwarmError
 from swarm.core.log import get_logger
@@ -232,7 +232,7 @@ def fig_vecshift(lab: Lab) -> list[Result]:
     commands.spawn(cfg, "data-migrator", migrators)
     swarm_start_s = time.perf_counter() - t
     infos = lab.migrator_infos()
-    nice = max((p for p in (_niceness(i["pid"]) for i in infos) if p is not None), default=0)
+    nice = max((p for p in (niceness(i["pid"]) for i in infos) if p is not None), default=0)
     load_sw1 = os.getloadavg()
     run = orchestrate_timed(cfg, "bench: vs vecshift")
     load_sw2 = os.getloadavg()
@@ -376,13 +376,6 @@ def _max_tokens(cfg: Config, model: Path) -> int:
 
     trained = read_info(model).context_length
     return min(cfg.embedding.max_tokens, trained) if trained else cfg.embedding.max_tokens
-
-
-def _niceness(pid: int) -> int | None:
-    try:
-        return os.getpriority(os.PRIO_PROCESS, pid)
-    except OSError:
-        return None
 
 
 def _nice_prefix(nice: int) -> list[str]:
