@@ -301,7 +301,7 @@ def plan(
 
             db.run(baseline, what="baseline")
         baseline_s = time.monotonic() - baseline_s
-    rows = make_shards(db, mid, target, cfg.swarm.shard_rows)
+    rows = make_shards(db, mid, target, cfg.swarm.shard_rows, cfg.swarm.migrators, cfg.embedding.batch_size)
     sizes = table_sizes(conn, target)
     with conn.transaction():
         conn.execute(

@@ -1,4 +1,5 @@
-"""Shards: primary-key ranges of ~``shard_rows`` rows, handed to migrators and fenced by their attempt number.
+"""Shards: primary-key ranges of ~``shard_rows`` rows (smaller in the last round), handed to migrators and fenced
+by their attempt number.
 
 Claims use ``FOR UPDATE SKIP LOCKED`` so two coordinators (a restarted one and its ghost) never hand out the same
 shard twice in one attempt; a migrator's checkpoint UPDATE names the attempt it was given, so an owner presumed
@@ -13,23 +14,51 @@ from swarm.store.db import Database, one
 from swarm.store.sql import Target
 
 
-def make_shards(db: Database, mid: int, target: Target, shard_rows: int) -> int:
-    """Split by primary-key ranges of ~``shard_rows`` rows each. Returns the row count."""
+def shard_sizes(total: int, shard_rows: int, migrators: int, batch_size: int) -> list[int]:
+    """The row counts of the shards, in key order: ``shard_rows`` each, and in the last round smaller ones.
+
+    Shards are handed out in order and a migrator takes the next when it is done, so with equal shards the
+    migration ends with one migrator finishing its last shard while the others wait (on a 7B model a 2,000-row
+    shard is an hour of one machine). Once what is left would be less than two rounds of full shards, each shard
+    is a ``2 * migrators``-th of the rest (guided self-scheduling, as OpenMP's ``schedule(guided)``), never below
+    ``max(shard_rows // 8, 4 * batch_size)`` rows: a smaller shard costs its claim and checkpoints without
+    balancing anything. Tables of shards at that floor or below keep equal shards."""
+    floor = max(shard_rows // 8, 4 * batch_size, 1)
+    sizes: list[int] = []
+    left = total
+    while left > 0:
+        n = min(shard_rows, max(floor, -(-left // (2 * max(1, migrators)))), left)
+        sizes.append(n)
+        left -= n
+    return sizes
+
+
+def make_shards(
+    db: Database, mid: int, target: Target, shard_rows: int, migrators: int = 1, batch_size: int = 1
+) -> int:
+    """Split by primary-key ranges of the rows ``shard_sizes`` gives. Returns the row count."""
     conn = db.conn
-    total = one(conn.execute(target.count_rows()).fetchone(), "the count of the table's rows")[0]
-    bounds = [r[0] for r in conn.execute(target.shard_bounds(), {"step": int(shard_rows)}).fetchall()]
-    if bounds and len(bounds) * shard_rows == total:
-        bounds = bounds[:-1]  # the last bound would leave an empty final shard
+    total = int(one(conn.execute(target.count_rows()).fetchone(), "the count of the table's rows")[0])
+    sizes = shard_sizes(total, shard_rows, migrators, batch_size)
+    ends: list[int] = []
+    for n in sizes[:-1]:  # the last shard ends at the greatest key, below
+        ends.append((ends[-1] if ends else 0) + n)
+    body = 0
+    while body < len(ends) and ends[body] == (body + 1) * shard_rows:
+        body += 1
+    params = {"step": int(shard_rows), "body": body * shard_rows, "tail": ends[body:]}
+    bounds = [(r[0], int(r[1])) for r in conn.execute(target.shard_bounds(), params).fetchall()]
     ranges: list[tuple[str | None, str | None, int]] = []
     lo: str | None = None
-    for b in bounds:
-        ranges.append((lo, b, shard_rows))
-        lo = b
+    done = 0
+    for b, rn in bounds:
+        ranges.append((lo, b, rn - done))
+        lo, done = b, rn
     # The last shard ends at the greatest key there is now, not at infinity: rows the application inserts after
     # the plan are queued by the sync trigger (installed before this) and embedded by the drain, so a steady
     # stream of inserts cannot keep the backfill chasing the end of the table.
     top = one(conn.execute(target.max_key()).fetchone(), "the table's greatest key")[0]
-    ranges.append((lo, top, total - shard_rows * len(bounds)))
+    ranges.append((lo, top, max(0, total - done)))
     with conn.transaction():
         conn.execute("DELETE FROM swarm.shards WHERE migration_id = %s", [mid])
         with conn.cursor() as cur:
@@ -37,7 +66,7 @@ def make_shards(db: Database, mid: int, target: Target, shard_rows: int) -> int:
                 "INSERT INTO swarm.shards (migration_id, shard_id, lo, hi, rows_planned) VALUES (%s, %s, %s, %s, %s)",
                 [(mid, i, lo_, hi_, n) for i, (lo_, hi_, n) in enumerate(ranges)],
             )
-    return int(total)
+    return total
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -442,10 +442,12 @@ END
         )
 
     def shard_bounds(self) -> sql.Composed:
-        """Every ``%(step)s``-th key in key order: the upper bounds of shards of equal row counts."""
+        """The shards' upper bounds in key order, with their row numbers: every ``%(step)s``-th key up to row
+        ``%(body)s`` (shards of equal row counts), then the keys at the rows listed in ``%(tail)s`` (the last
+        round's smaller shards; a handful of row numbers, so ``= ANY`` stays cheap on a large table)."""
         return sql.SQL(
-            "SELECT k::text FROM (SELECT {id} AS k, row_number() OVER (ORDER BY {id}) AS rn FROM {t}) s "
-            "WHERE rn %% %(step)s = 0 ORDER BY rn"
+            "SELECT k::text, rn FROM (SELECT {id} AS k, row_number() OVER (ORDER BY {id}) AS rn FROM {t}) s "
+            "WHERE (rn %% %(step)s = 0 AND rn <= %(body)s) OR rn = ANY(CAST(%(tail)s AS bigint[])) ORDER BY rn"
         ).format(id=self.id, t=self.t)
 
     def rows_in_range(self, lo: str | None, hi: str | None) -> tuple[sql.Composed, list[str]]:
