@@ -18,6 +18,9 @@ def test_shard_sizes_shrink_in_the_last_round_and_cover_every_row() -> None:
     # A table whose shards are at the floor or below keeps equal shards (the floor is 4 batches).
     assert shard_sizes(120, 50, 2, 32) == [50, 50, 20]
     assert shard_sizes(60, 30, 1, 32) == [30, 30]
+    # One migrator never waits for another: equal shards, a table of one shard stays one.
+    assert shard_sizes(5000, 500, 1, 32) == [500] * 10 and shard_sizes(48, 48, 1, 8) == [48]
+    assert shard_sizes(48, 48, 2, 8) == [32, 16]
     assert shard_sizes(0, 10, 2, 8) == []
     for total, rows, migrators, batch in [(10_000_000, 2000, 8, 32), (999, 100, 3, 8), (7, 1, 4, 1), (1, 5, 2, 1)]:
         sizes = shard_sizes(total, rows, migrators, batch)

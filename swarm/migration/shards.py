@@ -22,8 +22,9 @@ def shard_sizes(total: int, shard_rows: int, migrators: int, batch_size: int) ->
     shard is an hour of one machine). Once what is left would be less than two rounds of full shards, each shard
     is a ``2 * migrators``-th of the rest (guided self-scheduling, as OpenMP's ``schedule(guided)``), never below
     ``max(shard_rows // 8, 4 * batch_size)`` rows: a smaller shard costs its claim and checkpoints without
-    balancing anything. Tables of shards at that floor or below keep equal shards."""
-    floor = max(shard_rows // 8, 4 * batch_size, 1)
+    balancing anything. Tables of shards at that floor or below, and a swarm of one migrator (it never waits for
+    another), keep equal shards."""
+    floor = max(shard_rows // 8, 4 * batch_size, 1) if migrators > 1 else shard_rows
     sizes: list[int] = []
     left = total
     while left > 0:

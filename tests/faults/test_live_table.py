@@ -381,7 +381,9 @@ def test_a_lost_commit_acknowledgement_never_counts_a_batch_twice(
     ``OperationalError`` after the first committed batch, as psycopg would; its retry runs the batch again."""
     out = record("10f lost commit acknowledgement", "the first batch's COMMIT succeeds, its acknowledgement is lost")
     create_docs(conn, "acked", 48, seed=67)
-    cfg = make_config(database={"table": "acked"}, embedding={"batch_size": 8}, swarm={"shard_rows": 48, **QUICK})
+    cfg = make_config(
+        database={"table": "acked"}, embedding={"batch_size": 8}, swarm={"shard_rows": 48, "migrators": 1, **QUICK}
+    )
     real = Database.run
     lost: list[bool] = []
 

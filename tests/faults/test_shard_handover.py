@@ -46,7 +46,9 @@ def test_a_migrator_running_a_shard_twice_commits_once(
     )
     create_docs(conn, "handover", ROWS, seed=24)
     cfg = make_config(
-        database={"table": "handover"}, embedding={"batch_size": 8}, swarm={"shard_rows": ROWS, "validators": 0}
+        database={"table": "handover"},
+        embedding={"batch_size": 8},
+        swarm={"shard_rows": ROWS, "migrators": 1, "validators": 0},
     )
     db = Database(dsn)
     info, table, server = preflight(cfg, db)
