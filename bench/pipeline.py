@@ -100,7 +100,12 @@ def fig_pipeline(lab: Lab) -> list[Result]:
     lab.kill_swarm()
     after_rps, after = _plain_rows_per_second(cfg, texts, warm)
     base_rps = (before_rps + after_rps) / 2
-    base = {**before, "runs": [before, after], "rows_per_second": [round(before_rps, 2), round(after_rps, 2)]}
+    base = {
+        "processes": before["processes"],
+        "threads": before["threads"],
+        "runs": [before, after],
+        "rows_per_second": [round(before_rps, 2), round(after_rps, 2)],
+    }
     swarm_rps = n / run.to_finish_s
     sw = cfg.swarm
     from agents.actors import threads_per_migrator

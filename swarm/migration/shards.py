@@ -8,6 +8,8 @@ dead cannot commit after its shard was handed to another.
 
 from __future__ import annotations
 
+import itertools
+
 import psycopg
 
 from swarm.store.db import Database, one
@@ -41,12 +43,8 @@ def make_shards(
     conn = db.conn
     total = int(one(conn.execute(target.count_rows()).fetchone(), "the count of the table's rows")[0])
     sizes = shard_sizes(total, shard_rows, migrators, batch_size)
-    ends: list[int] = []
-    for n in sizes[:-1]:  # the last shard ends at the greatest key, below
-        ends.append((ends[-1] if ends else 0) + n)
-    body = 0
-    while body < len(ends) and ends[body] == (body + 1) * shard_rows:
-        body += 1
+    ends = list(itertools.accumulate(sizes[:-1]))  # the last shard ends at the greatest key, below
+    body = sizes[:-1].count(shard_rows)  # the full shards come first: sizes never grow
     params = {"step": int(shard_rows), "body": body * shard_rows, "tail": ends[body:]}
     bounds = [(r[0], int(r[1])) for r in conn.execute(target.shard_bounds(), params).fetchall()]
     ranges: list[tuple[str | None, str | None, int]] = []
